@@ -1,0 +1,102 @@
+"""Pass 1: capture a model as a ``torch.fx.GraphModule``.
+
+Frontends:
+
+- ``"export"`` (default): ``torch.export`` with a dynamic batch dimension. Handles data-dependent
+  shape branches (timm's VGG head) and Hugging Face models. Needs example inputs.
+- ``"symbolic_trace"``: ``torch.fx.symbolic_trace``; no example input needed, but it cannot
+  trace Python control flow on tensor values.
+- a ``torch.fx.GraphModule`` passed as the model is used as it is (``"fx"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+FRONTENDS = ("export", "symbolic_trace")
+
+
+class CaptureError(RuntimeError):
+    """A frontend could not capture the model; the message says which, why and what to try."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _batch_of_two(args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Example inputs with batch size >= 2, so export keeps the batch dimension symbolic."""
+
+    def grow(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == 1:
+            return v.expand(2, *v.shape[1:]).clone()
+        return v
+
+    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+
+
+def _dynamic_batch(args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    batch = torch.export.Dim("batch", min=1)
+
+    def spec(v: Any) -> Any:
+        return {0: batch} if isinstance(v, torch.Tensor) and v.dim() >= 1 else None
+
+    return tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}
+
+
+def capture_export(
+    model: nn.Module, args: tuple, kwargs: Mapping[str, Any] | None = None
+) -> tuple[fx.GraphModule, bool]:
+    """Capture with ``torch.export``.
+
+    Returns
+    -------
+    (GraphModule, dynamic_batch)
+        ``dynamic_batch`` is False when the model only exported for the example's exact batch.
+    """
+    kwargs = dict(kwargs or {})
+    ex_args, ex_kwargs = _batch_of_two(args, kwargs)
+    dyn_args, dyn_kwargs = _dynamic_batch(ex_args, ex_kwargs)
+    dynamic_shapes: Any = dyn_args if not ex_kwargs else {
+        **dict(zip(_positional_names(model, len(ex_args)), dyn_args)), **dyn_kwargs}
+    try:
+        ep = torch.export.export(model, ex_args, ex_kwargs, dynamic_shapes=dynamic_shapes,
+                                 strict=False)
+        return ep.module(), True
+    except Exception as dynamic_error:  # noqa: BLE001 - retried with static shapes below
+        try:
+            ep = torch.export.export(model, args, kwargs, strict=False)
+            return ep.module(), False
+        except Exception as e:
+            raise CaptureError(
+                f"torch.export could not capture {type(model).__name__}: {_first_line(e)}\n"
+                f"(with a dynamic batch dimension it failed with: {_first_line(dynamic_error)})\n"
+                "What to try: make data-dependent Python control flow shape-based or use "
+                "torch.cond; or pass frontend='symbolic_trace' (no tensor-value control flow); "
+                "or give compile() a torch.fx.GraphModule you traced yourself."
+            ) from e
+
+
+def _positional_names(model: nn.Module, n: int) -> list[str]:
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters)
+    return params[:n]
+
+
+def capture_symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """Capture with ``torch.fx.symbolic_trace``."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:
+        raise CaptureError(
+            f"torch.fx.symbolic_trace could not capture {type(model).__name__}: "
+            f"{_first_line(e)}\n"
+            "What to try: the default frontend='export' (handles shape-dependent branches), "
+            "or mark the offending submodule as a leaf in your own fx.Tracer."
+        ) from e

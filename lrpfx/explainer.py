@@ -1,0 +1,241 @@
+"""The compiled model: forward unchanged, ``explain`` returns relevance maps."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from lrpfx.capture import FRONTENDS, capture_export, capture_symbolic_trace
+from lrpfx.passes.analyze import analyze
+from lrpfx.passes.canonicalize import canonicalize
+from lrpfx.passes.rewrite import rewrite
+from lrpfx.report import CoverageReport
+from lrpfx.rules.base import EPS, unit_l1, unit_max
+from lrpfx.rules.registry import get_ruleset
+
+Target = int | Tensor | None
+
+
+def _signature(args: tuple, kwargs: Mapping[str, Any], with_batch: bool) -> tuple:
+    def sig(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            shape = tuple(v.shape) if with_batch else tuple(v.shape[1:])
+            return ("T", shape, v.dtype, v.device.type)
+        return ("V", repr(v))
+
+    return tuple(sig(a) for a in args) + tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
+
+
+class Explainer(nn.Module):
+    """A model compiled for relevance propagation. Build it with :func:`lrpfx.compile`.
+
+    Calling it runs the model's forward (same values). :meth:`explain` returns relevance maps.
+    The user's model is never modified: the captured graph owns copies of every tensor it uses.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rule: str = "abslrp",
+        strict: bool = True,
+        frontend: str = "export",
+        example_inputs: tuple | Tensor | None = None,
+        **rule_options: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"lrpfx.compile expects a torch.nn.Module, got {type(model).__name__}")
+        self.ruleset = get_ruleset(rule, **rule_options)
+        self.strict = strict
+        if isinstance(model, fx.GraphModule) and frontend == "export":
+            frontend = "fx"
+        if frontend not in (*FRONTENDS, "fx"):
+            raise ValueError(f"unknown frontend {frontend!r}; use one of {FRONTENDS}")
+        self.frontend = frontend
+        if model.training:
+            warnings.warn(
+                f"{type(model).__name__} is in training mode; lrpfx explains it as in eval mode "
+                "(on a copy: your model's mode is left as it is).", stacklevel=3)
+            model = copy.deepcopy(model).eval()
+        # not registered as a submodule: .to()/.half() on the explainer must not touch it
+        self.__dict__["_model"] = model
+        self.graphs = nn.ModuleDict()
+        self._keys: dict[tuple, str] = {}
+        self._reports: dict[str, CoverageReport] = {}
+        self._last: str | None = None
+        self._conversions: list[Callable[[Tensor], Tensor]] = []
+        if frontend in ("fx", "symbolic_trace"):
+            gm = model if frontend == "fx" else capture_symbolic_trace(model)
+            self._install(("any",), gm)
+        elif example_inputs is not None:
+            args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+            self._graph_for(args, {})
+
+    # ----------------------------------------------------------------------------- compilation
+
+    def _install(self, key: tuple, captured: fx.GraphModule) -> nn.Module:
+        graph = canonicalize(captured)
+        facts = analyze(graph)
+        gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
+                             frontend=self.frontend)
+        for fn in self._conversions:
+            gm._apply(fn)
+        name = f"g{len(self.graphs)}"
+        self.graphs[name] = gm
+        self._keys[key] = name
+        self._reports[name] = report
+        self._last = name
+        return gm
+
+    def _graph_for(self, args: tuple, kwargs: Mapping[str, Any]) -> nn.Module:
+        if ("any",) in self._keys:
+            self._last = self._keys[("any",)]
+            return self.graphs[self._last]
+        for key in (_signature(args, kwargs, False), _signature(args, kwargs, True)):
+            if key in self._keys:
+                self._last = self._keys[key]
+                return self.graphs[self._last]
+        gm, dynamic = capture_export(self._model, args, kwargs)
+        return self._install(_signature(args, kwargs, not dynamic), gm)
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - nn.Module's own signature
+        # remember dtype/device conversions for graphs captured later for new input shapes
+        self._conversions.append(fn)
+        return super()._apply(fn, *args, **kwargs)
+
+    @property
+    def report(self) -> CoverageReport:
+        """Per-node rule coverage of the most recently used compiled graph."""
+        if self._last is None:
+            raise RuntimeError(
+                "nothing is compiled yet: with the export frontend the graph is captured on the "
+                "first call; pass example_inputs to lrpfx.compile to capture it up front")
+        return self._reports[self._last]
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The most recently used compiled ``GraphModule`` (for inspection)."""
+        self.report  # noqa: B018 - raises the helpful error when nothing is compiled
+        return self.graphs[self._last]
+
+    # ----------------------------------------------------------------------------- running
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's forward, through the compiled graph."""
+        return self._graph_for(args, kwargs)(*args, **kwargs)
+
+    def explain(
+        self, x: Tensor, target: Target = None, *, contrastive: bool = True
+    ) -> Tensor:
+        """Relevance of each element of ``x`` for the target class.
+
+        Parameters
+        ----------
+        x
+            Floating-point input batch, shape ``(B, ...)``.
+        target
+            None (the predicted class), an int (the same class for every example) or a
+            LongTensor of shape ``(B,)``.
+        contrastive
+            True (default): the reference's contrastive map, positive minus negative
+            (DESIGN.md §4.2), each example scaled to ``max|R| = 1``. False: the map from the
+            one-hot target only, each example scaled to ``Σ|R| = 1``.
+
+        Returns
+        -------
+        Tensor
+            Same shape, dtype and device as ``x``.
+        """
+        _check_input(x)
+        gm = self._graph_for((x,), {})
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            out = _logits(_run(gm, leaf, x))
+            target_t = _resolve_target(target, out)
+            positive = F.one_hot(target_t, out.shape[1]).to(out.dtype)
+            seeds = [positive]
+            if contrastive:
+                if out.shape[1] < 2:
+                    raise ValueError("a contrastive map needs at least two classes")
+                seeds.append((1 - positive) / (out.shape[1] - 1))
+            if self.ruleset.options.get("mask_negative_logits"):
+                # the absLRP identity rule applied to the logits (DESIGN.md §4.1 with f = id)
+                keep = 2 * out.detach().clamp(min=0) / (out.detach().abs() + EPS)
+                seeds = [unit_l1(seed * keep) for seed in seeds]
+            maps = []
+            for i, seed in enumerate(seeds):
+                grad_out = torch.where(out != 0, seed / out, torch.zeros_like(out))
+                (g,) = torch.autograd.grad(out, leaf, grad_out,
+                                           retain_graph=i + 1 < len(seeds))
+                maps.append(unit_l1(x.detach() * g))
+        if not contrastive:
+            return maps[0]
+        return unit_max(maps[0] - maps[1])
+
+
+def _run(gm: nn.Module, leaf: Tensor, x: Tensor) -> Any:
+    try:
+        return gm(leaf)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(
+            f"the compiled graph cannot take an input of shape {tuple(x.shape)} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") from e
+
+
+def _check_input(x: Any) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"relevance is taken with respect to x, which must be floating point; got {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (B, ...); got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf")
+
+
+def _logits(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        logits = out
+    elif isinstance(out, Mapping) and "logits" in out:
+        logits = out["logits"]
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        logits = out[0]
+    else:
+        raise ValueError(f"cannot find class scores in the model output ({type(out).__name__})")
+    if logits.dim() != 2:
+        raise ValueError(
+            f"explain needs class scores of shape (B, C); the model returned {tuple(logits.shape)}")
+    return logits
+
+
+def _resolve_target(target: Target, out: Tensor) -> Tensor:
+    b, c = out.shape
+    if target is None:
+        return out.argmax(1)
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise TypeError(f"target must be None, an int or a LongTensor, got {type(target).__name__}")
+    if isinstance(target, int):
+        t = torch.full((b,), target, dtype=torch.long, device=out.device)
+    else:
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+        t = target.to(device=out.device, dtype=torch.long).reshape(-1)
+        if target.dim() > 1 or t.numel() not in (1, b):
+            raise ValueError(
+                f"target must have shape ({b},) to match the batch; got {tuple(target.shape)}")
+        t = t.expand(b)
+    if ((t < 0) | (t >= c)).any():
+        raise ValueError(f"target out of range: the model has {c} classes (0..{c - 1}); "
+                         f"got {t.tolist() if t.numel() <= 16 else t}")
+    return t
+
+
+__all__ = ["EPS", "Explainer"]

@@ -1,0 +1,183 @@
+"""The canonical op vocabulary.
+
+Every spelling of an operation that carries relevance (``nn.Conv2d``, ``F.conv2d``,
+``aten.conv2d``, ...) is rewritten by :mod:`lrpfx.passes.canonicalize` into a call of one of the
+functions below, with all arguments passed by keyword. Rules are registered against these
+functions' names, so each rule is written once per operation.
+
+Each function computes exactly what the original op computes (the same kernels), so a graph made
+of them has the model's forward bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+def conv(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> Tensor:
+    """N-d convolution (N = weight.dim() - 2), zero padding given as numbers."""
+    return _CONV[weight.dim() - 2](input, weight, bias, stride, padding, dilation, groups)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``input @ weight.T + bias``."""
+    return F.linear(input, weight, bias)
+
+
+def batch_norm(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tensor:
+    """Batch norm in eval mode: an affine map per channel (dim 1) with running statistics."""
+    return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
+
+
+def add(input: Tensor, other: Tensor | float) -> Tensor:
+    return torch.add(input, other)
+
+
+def sub(input: Tensor, other: Tensor | float) -> Tensor:
+    return torch.sub(input, other)
+
+
+def mul(input: Tensor, other: Tensor) -> Tensor:
+    """Element-wise product of two tensors (a product with a Python number is data movement)."""
+    return torch.mul(input, other)
+
+
+def relu(input: Tensor) -> Tensor:
+    return torch.relu(input)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return F.leaky_relu(input, negative_slope)
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return F.hardtanh(input, min_val, max_val)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    return F.gelu(input, approximate=approximate)
+
+
+def silu(input: Tensor) -> Tensor:
+    return F.silu(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return torch.sigmoid(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return torch.tanh(input)
+
+
+def hardswish(input: Tensor) -> Tensor:
+    return F.hardswish(input)
+
+
+def hardsigmoid(input: Tensor) -> Tensor:
+    return F.hardsigmoid(input)
+
+
+def elu(input: Tensor, alpha: float = 1.0) -> Tensor:
+    return F.elu(input, alpha)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return F.softplus(input, beta, threshold)
+
+
+def mish(input: Tensor) -> Tensor:
+    return F.mish(input)
+
+
+def dropout(input: Tensor) -> Tensor:
+    """Dropout in eval mode: the identity, kept as a node because the reference treats it as a
+    compute op (DESIGN.md §4.2)."""
+    return input.view_as(input)
+
+
+def max_pool(
+    input: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+) -> Tensor:
+    return _MAX_POOL[len(kernel_size)](input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def avg_pool(
+    input: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Tensor:
+    fn = _AVG_POOL[len(kernel_size)]
+    if len(kernel_size) == 1:  # avg_pool1d has no divisor_override
+        return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
+    return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def adaptive_avg_pool(input: Tensor, output_size: Sequence[int | None]) -> Tensor:
+    return _ADAPTIVE_AVG_POOL[len(output_size)](input, output_size)
+
+
+def mean(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:
+    return torch.mean(input, dim=dim, keepdim=keepdim)
+
+
+def sum(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:  # noqa: A001
+    return torch.sum(input, dim=dim, keepdim=keepdim)
+
+
+CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
+    fn.__name__: fn
+    for fn in (
+        conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
+        tanh, hardswish, hardsigmoid, elu, softplus, mish, dropout, max_pool, avg_pool,
+        adaptive_avg_pool, mean, sum,
+    )
+}
+"""Name → function for every canonical op."""
+
+OP_NAME: dict[Callable[..., Tensor], str] = {fn: name for name, fn in CANONICAL_OPS.items()}
+
+TENSOR_ARGS: dict[str, tuple[str, ...]] = {
+    name: ("input",) for name in CANONICAL_OPS
+} | {
+    "conv": ("input", "weight", "bias"),
+    "linear": ("input", "weight", "bias"),
+    "batch_norm": ("input", "weight", "bias", "running_mean", "running_var"),
+    "add": ("input", "other"),
+    "sub": ("input", "other"),
+    "mul": ("input", "other"),
+}
+"""Arguments of each canonical op that are tensors (or None); the rest are static settings."""

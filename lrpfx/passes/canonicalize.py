@@ -1,0 +1,589 @@
+"""Pass 2: map every spelling of an op to one canonical op.
+
+Input: a GraphModule from either frontend (``torch.export`` gives ``aten.*`` calls;
+``torch.fx.symbolic_trace`` gives ``nn.Module`` calls, ``F.*``/``torch.*`` functions and tensor
+methods). Output: a new graph in which
+
+- every op that carries relevance is a ``call_function`` of a function in :mod:`lrpfx.ops`, all
+  arguments by keyword, module parameters made explicit as ``get_attr`` nodes;
+- in-place spellings (``relu_``, ``add_``, ``x += y``) are out-of-place ones (refused where the
+  mutated tensor is read again afterwards);
+- ``nn.Identity`` and eval-mode stochastic depth are gone;
+- every node carries ``node.meta["lrpfx"]``, a :class:`NodeInfo` saying what it is.
+
+The user's graph is never modified: the pass works on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lrpfx import ops
+
+# Kinds a node can have. Only "canonical" nodes get a rule; "passthrough" nodes keep their
+# original target and carry relevance unchanged through plain autograd (DESIGN.md §4.2).
+CANONICAL = "canonical"
+PASSTHROUGH = "passthrough"
+SHAPE = "shape"  # sizes, asserts, guards: no tensor data flows
+UNKNOWN = "unknown"
+IO = "io"  # placeholder, output, get_attr
+
+
+@dataclass
+class NodeInfo:
+    """What canonicalize learnt about one node."""
+
+    kind: str
+    source_op: str
+    """The op as the frontend spelt it (``aten.conv2d.default``, ``nn.Conv2d``, ``x.view``)."""
+    module_path: str = ""
+    """Dotted path of the innermost user module the op came from ("" for the top level)."""
+    canonical: str | None = None
+    """Name of the canonical op (a key of :data:`lrpfx.ops.CANONICAL_OPS`)."""
+    problem: str | None = None
+    """Why an op that looks supported is not (e.g. training-mode batch norm)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Refuse(Exception):
+    """An op we recognise but cannot support in this configuration."""
+
+
+# ----------------------------------------------------------------------------- spelling helpers
+
+
+def spelling(node: fx.Node, root: nn.Module) -> str:
+    """A readable name for the op a node performs, as its frontend spelt it."""
+    if node.op == "call_module":
+        return f"nn.{type(root.get_submodule(node.target)).__name__}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_function":
+        t = node.target
+        if isinstance(t, torch._ops.OpOverload):
+            return f"aten.{t._schema.name.split('::')[-1]}.{t._overloadname}"
+        mod = getattr(t, "__module__", "") or ""
+        name = getattr(t, "__name__", str(t))
+        if mod in ("_operator", "operator"):
+            return f"operator.{name}"
+        if mod.startswith("torch.nn.functional"):
+            return f"F.{name}"
+        return f"{mod}.{name}" if mod else name
+    return node.op
+
+
+def _base_name(node: fx.Node, root: nn.Module) -> str:
+    """The op's bare name, in-place suffix removed: ``relu_`` → ``relu``, ``iadd`` → ``add``."""
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        name = node.target
+    elif isinstance(node.target, torch._ops.OpOverload):
+        name = node.target._schema.name.split("::")[-1]
+    else:
+        name = getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_function" and getattr(node.target, "__module__", "") in (
+        "_operator", "operator",
+    ):
+        name = {"iadd": "add", "isub": "sub", "imul": "mul", "itruediv": "truediv"}.get(name, name)
+    name = name.strip("_") if name.startswith("__") else name
+    if name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]
+    return name
+
+
+def _is_inplace(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return t._schema.name.split("::")[-1].endswith("_")
+    return getattr(t, "__name__", "") in ("iadd", "isub", "imul", "itruediv")
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        return str(path)
+    if node.op == "call_module":
+        return str(node.target)
+    return ""
+
+
+class _Args:
+    """Positional-or-keyword access to a call's arguments under several possible names."""
+
+    def __init__(self, node: fx.Node):
+        self.args = node.args
+        self.kwargs = node.kwargs
+
+    def get(self, index: int | None, *names: str, default: Any = None) -> Any:
+        for name in names:
+            if name in self.kwargs:
+                return self.kwargs[name]
+        if index is not None and index < len(self.args):
+            return self.args[index]
+        return default
+
+
+def _tuple(v: Any, n: int) -> list[int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1 and n > 1:
+            return [int(v[0])] * n
+        return [int(a) for a in v]
+    return [int(v)] * n
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------- per-op extractors
+# Each returns (canonical name, kwargs for the lrpfx.ops function). `get_attr(name)` makes a node
+# for a module attribute; it is passed in so module and function spellings share one extractor.
+
+Extract = Callable[[_Args, Callable[[str], Any], Any], tuple[str, dict[str, Any]]]
+
+
+def _conv_from(x, weight, bias, stride, padding, dilation, groups, n):
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0] * n
+        else:
+            raise _Refuse(f"conv padding={padding!r} (only numeric, 'valid') is not supported")
+    return "conv", dict(
+        input=x, weight=weight, bias=bias, stride=_tuple(stride, n), padding=_tuple(padding, n),
+        dilation=_tuple(dilation, n), groups=int(groups),
+    )
+
+
+def _conv_fn(a: _Args, node_dims: int) -> tuple[str, dict[str, Any]]:
+    return _conv_from(
+        a.get(0, "input", "self"), a.get(1, "weight"), a.get(2, "bias"),
+        a.get(3, "stride", default=1), a.get(4, "padding", default=0),
+        a.get(5, "dilation", default=1), a.get(6, "groups", default=1), node_dims,
+    )
+
+
+def _convolution_aten(a: _Args) -> tuple[str, dict[str, Any]]:
+    if a.get(6, "transposed"):
+        raise _Refuse("transposed convolution is not supported yet")
+    stride = a.get(3, "stride")
+    return _conv_from(
+        a.get(0, "input"), a.get(1, "weight"), a.get(2, "bias"), stride, a.get(4, "padding"),
+        a.get(5, "dilation"), a.get(8, "groups"), len(stride),
+    )
+
+
+def _pool_kernel(v: Any, n: int) -> list[int]:
+    return _tuple(v, n)
+
+
+def _max_pool(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
+    if a.get(6, "return_indices", default=False):
+        raise _Refuse("max pooling with return_indices=True is not supported")
+    k = _pool_kernel(a.get(1, "kernel_size"), n)
+    stride = a.get(2, "stride", default=None)
+    stride = k if stride is None or stride == [] else _tuple(stride, n)
+    return "max_pool", dict(
+        input=a.get(0, "input", "self"), kernel_size=k, stride=stride,
+        padding=_tuple(a.get(3, "padding", default=0), n),
+        dilation=_tuple(a.get(4, "dilation", default=1), n),
+        ceil_mode=bool(a.get(5, "ceil_mode", default=False)),
+    )
+
+
+def _avg_pool(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
+    k = _pool_kernel(a.get(1, "kernel_size"), n)
+    stride = a.get(2, "stride", default=None)
+    stride = k if stride is None or stride == [] else _tuple(stride, n)
+    return "avg_pool", dict(
+        input=a.get(0, "input", "self"), kernel_size=k, stride=stride,
+        padding=_tuple(a.get(3, "padding", default=0), n),
+        ceil_mode=bool(a.get(4, "ceil_mode", default=False)),
+        count_include_pad=bool(a.get(5, "count_include_pad", default=True)),
+        divisor_override=a.get(6, "divisor_override", default=None),
+    )
+
+
+def _adaptive_avg(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
+    size = a.get(1, "output_size")
+    size = list(size) if isinstance(size, (list, tuple)) else [size] * n
+    return "adaptive_avg_pool", dict(input=a.get(0, "input", "self"), output_size=size)
+
+
+def _reduce(name: str, a: _Args) -> tuple[str, dict[str, Any]]:
+    dim = a.get(1, "dim", default=None)
+    if dim is not None and not isinstance(dim, (list, tuple)):
+        if isinstance(dim, torch.dtype):  # aten.mean.default(self, dtype)
+            dim = None
+        else:
+            dim = [dim]
+    if a.get(3, "dtype", default=None) is not None:
+        raise _Refuse(f"{name} with a dtype argument is not supported")
+    return name, dict(input=a.get(0, "input", "self"), dim=dim, keepdim=bool(
+        a.get(2, "keepdim", default=False)))
+
+
+def _binary(name: str, a: _Args) -> tuple[str, dict[str, Any]]:
+    alpha = a.get(2, "alpha", default=1)
+    if alpha != 1:
+        raise _Refuse(f"{name} with alpha={alpha} is not supported")
+    return name, dict(input=a.get(0, "input", "self"), other=a.get(1, "other"))
+
+
+def _batch_norm_aten(a: _Args) -> tuple[str, dict[str, Any]]:
+    if a.get(5, "training"):
+        raise _Refuse("batch norm with batch statistics (training mode) is not supported")
+    return "batch_norm", dict(
+        input=a.get(0, "input"), weight=a.get(1, "weight"), bias=a.get(2, "bias"),
+        running_mean=a.get(3, "running_mean"), running_var=a.get(4, "running_var"),
+        eps=float(a.get(7, "eps", default=1e-5)),
+    )
+
+
+def _batch_norm_fn(a: _Args) -> tuple[str, dict[str, Any]]:  # F.batch_norm argument order
+    if a.get(5, "training", default=False):
+        raise _Refuse("batch norm with batch statistics (training mode) is not supported")
+    return "batch_norm", dict(
+        input=a.get(0, "input"), running_mean=a.get(1, "running_mean"),
+        running_var=a.get(2, "running_var"), weight=a.get(3, "weight"),
+        bias=a.get(4, "bias"), eps=float(a.get(7, "eps", default=1e-5)),
+    )
+
+
+def _act(name: str, **defaults: Any) -> Callable[[_Args], tuple[str, dict[str, Any]]]:
+    def extract(a: _Args) -> tuple[str, dict[str, Any]]:
+        kwargs: dict[str, Any] = {"input": a.get(0, "input", "self")}
+        for i, (key, default) in enumerate(defaults.items(), start=1):
+            kwargs[key] = a.get(i, key, default=default)
+        return name, kwargs
+
+    return extract
+
+
+def _dropout(a: _Args) -> tuple[str, dict[str, Any]]:
+    if a.get(2, "train", "training", default=False):
+        raise _Refuse("dropout in training mode is not supported (explain in eval mode)")
+    return "dropout", dict(input=a.get(0, "input", "self"))
+
+
+_ELEMENTWISE = {
+    "relu": _act("relu"),
+    "gelu": lambda a: ("gelu", dict(input=a.get(0, "input", "self"),
+                                    approximate=a.get(None, "approximate", default="none"))),
+    "silu": _act("silu"),
+    "sigmoid": _act("sigmoid"),
+    "tanh": _act("tanh"),
+    "hardswish": _act("hardswish"),
+    "hardsigmoid": _act("hardsigmoid"),
+    "mish": _act("mish"),
+    "leaky_relu": _act("leaky_relu", negative_slope=0.01),
+    "hardtanh": _act("hardtanh", min_val=-1.0, max_val=1.0),
+    "relu6": lambda a: ("hardtanh", dict(input=a.get(0, "input", "self"), min_val=0.0,
+                                         max_val=6.0)),
+    "elu": lambda a: ("elu", dict(input=a.get(0, "input", "self"),
+                                  alpha=a.get(1, "alpha", default=1.0))),
+    "softplus": _act("softplus", beta=1.0, threshold=20.0),
+}
+
+# Function/method/aten spellings, by bare name.
+_FUNCTION_EXTRACT: dict[str, Callable[[_Args], tuple[str, dict[str, Any]]]] = {
+    **_ELEMENTWISE,
+    "conv1d": lambda a: _conv_fn(a, 1),
+    "conv2d": lambda a: _conv_fn(a, 2),
+    "conv3d": lambda a: _conv_fn(a, 3),
+    "convolution": _convolution_aten,
+    "linear": lambda a: ("linear", dict(input=a.get(0, "input", "self"), weight=a.get(1, "weight"),
+                                        bias=a.get(2, "bias"))),
+    "add": lambda a: _binary("add", a),
+    "sub": lambda a: _binary("sub", a),
+    "mul": lambda a: ("mul", dict(input=a.get(0, "input", "self"), other=a.get(1, "other"))),
+    "max_pool1d": lambda a: _max_pool(a, 1),
+    "max_pool2d": lambda a: _max_pool(a, 2),
+    "max_pool3d": lambda a: _max_pool(a, 3),
+    "avg_pool1d": lambda a: _avg_pool(a, 1),
+    "avg_pool2d": lambda a: _avg_pool(a, 2),
+    "avg_pool3d": lambda a: _avg_pool(a, 3),
+    "adaptive_avg_pool1d": lambda a: _adaptive_avg(a, 1),
+    "adaptive_avg_pool2d": lambda a: _adaptive_avg(a, 2),
+    "adaptive_avg_pool3d": lambda a: _adaptive_avg(a, 3),
+    "mean": lambda a: _reduce("mean", a),
+    "sum": lambda a: _reduce("sum", a),
+    "dropout": _dropout,
+    "feature_dropout": _dropout,
+    "alpha_dropout": _dropout,
+    "feature_alpha_dropout": _dropout,
+    "dropout1d": _dropout,
+    "dropout2d": _dropout,
+    "dropout3d": _dropout,
+}
+
+# Ops that move or copy data without computing on it: relevance passes through unchanged.
+PASSTHROUGH_NAMES = frozenset({
+    "view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute", "transpose", "t",
+    "contiguous", "expand", "expand_as", "cat", "concat", "concatenate", "stack", "split",
+    "split_with_sizes", "tensor_split", "chunk", "unbind", "getitem", "select", "slice", "narrow",
+    "squeeze", "unsqueeze", "clone", "alias", "to", "_to_copy", "type_as", "float", "double",
+    "half", "bfloat16", "view_as", "reshape_as", "movedim", "moveaxis", "swapaxes", "swapdims",
+    "flip", "roll", "repeat", "tile", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
+    "native_channel_shuffle", "index", "index_select", "lift_fresh_copy", "identity",
+})
+# Multiplication/division by a Python number is data movement in the reference semantics.
+_SCALE_NAMES = frozenset({"mul", "truediv", "div", "neg"})
+_SHAPE_NAMES = frozenset({
+    "sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "size", "dim", "numel",
+    "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
+    "sym_constrain_range_for_size", "_check", "_check_is_size", "eq", "ne", "floordiv",
+})
+# torchvision's stochastic depth is the identity in eval mode; export removes it, so must we.
+_IDENTITY_FUNCTIONS = frozenset({"stochastic_depth"})
+
+# Module spellings. Each reads its configuration from the module instance.
+_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_POOL_DIMS = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
+    nn.AvgPool3d: 3, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+}
+_DROPOUT_MODULES = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+_ACT_MODULES: dict[type[nn.Module], Callable[[nn.Module], tuple[str, dict[str, Any]]]] = {
+    nn.ReLU: lambda m: ("relu", {}),
+    nn.GELU: lambda m: ("gelu", {"approximate": m.approximate}),
+    nn.SiLU: lambda m: ("silu", {}),
+    nn.Sigmoid: lambda m: ("sigmoid", {}),
+    nn.Tanh: lambda m: ("tanh", {}),
+    nn.Hardswish: lambda m: ("hardswish", {}),
+    nn.Hardsigmoid: lambda m: ("hardsigmoid", {}),
+    nn.Mish: lambda m: ("mish", {}),
+    nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": m.negative_slope}),
+    nn.ReLU6: lambda m: ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
+    nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val, "max_val": m.max_val}),
+    nn.ELU: lambda m: ("elu", {"alpha": m.alpha}),
+    nn.Softplus: lambda m: ("softplus", {"beta": m.beta, "threshold": m.threshold}),
+}
+
+
+def _module_extract(
+    mod: nn.Module, node: fx.Node, attr: Callable[[str], fx.Node | None]
+) -> tuple[str, dict[str, Any]] | str | None:
+    """Canonical form of a leaf-module call, "identity"/"flatten" markers, or None if unknown."""
+    x = node.args[0] if node.args else next(iter(node.kwargs.values()))
+    if isinstance(mod, _CONV_MODULES):
+        if mod.padding_mode != "zeros":
+            raise _Refuse(f"conv padding_mode={mod.padding_mode!r} is not supported")
+        n = mod.weight.dim() - 2
+        return _conv_from(x, attr("weight"), attr("bias"), mod.stride, mod.padding, mod.dilation,
+                          mod.groups, n)
+    if isinstance(mod, nn.Linear):
+        return "linear", dict(input=x, weight=attr("weight"), bias=attr("bias"))
+    if isinstance(mod, _BN_MODULES):
+        if mod.training or mod.running_mean is None:
+            raise _Refuse("batch norm with batch statistics (training mode or "
+                          "track_running_stats=False) is not supported")
+        return "batch_norm", dict(input=x, weight=attr("weight"), bias=attr("bias"),
+                                  running_mean=attr("running_mean"),
+                                  running_var=attr("running_var"), eps=float(mod.eps))
+    for cls, make in _ACT_MODULES.items():
+        if type(mod) is cls:
+            name, kw = make(mod)
+            return name, dict(input=x, **kw)
+    if isinstance(mod, _DROPOUT_MODULES):
+        return "dropout", dict(input=x)
+    if isinstance(mod, nn.Identity):
+        return "identity"
+    if isinstance(mod, (nn.Flatten, nn.Unflatten)):
+        return "flatten"
+    dims = _POOL_DIMS.get(type(mod))
+    if dims is not None:
+        if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            if mod.return_indices:
+                raise _Refuse("max pooling with return_indices=True is not supported")
+            k = _tuple(mod.kernel_size, dims)
+            return "max_pool", dict(
+                input=x, kernel_size=k,
+                stride=k if mod.stride is None else _tuple(mod.stride, dims),
+                padding=_tuple(mod.padding, dims), dilation=_tuple(mod.dilation, dims),
+                ceil_mode=bool(mod.ceil_mode))
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+            k = _tuple(mod.kernel_size, dims)
+            return "avg_pool", dict(
+                input=x, kernel_size=k,
+                stride=k if mod.stride is None else _tuple(mod.stride, dims),
+                padding=_tuple(mod.padding, dims), ceil_mode=bool(mod.ceil_mode),
+                count_include_pad=bool(mod.count_include_pad),
+                divisor_override=getattr(mod, "divisor_override", None))
+        size = mod.output_size
+        size = list(size) if isinstance(size, (list, tuple)) else [size] * dims
+        return "adaptive_avg_pool", dict(input=x, output_size=size)
+    return None
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def _copy_graph(gm: fx.GraphModule) -> fx.Graph:
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    return graph
+
+
+def _tensor_operand_count(node: fx.Node) -> int:
+    return sum(isinstance(a, fx.Node) for a in (*node.args, *node.kwargs.values()))
+
+
+def canonicalize(gm: fx.GraphModule) -> fx.Graph:
+    """Return a canonical copy of ``gm.graph`` (``gm`` itself is left unchanged).
+
+    Parameters
+    ----------
+    gm
+        A GraphModule from ``torch.export(...).module()`` or ``torch.fx.symbolic_trace``.
+
+    Returns
+    -------
+    torch.fx.Graph
+        A new graph whose nodes refer to attributes of ``gm`` and carry ``meta["lrpfx"]``.
+    """
+    graph = _copy_graph(gm)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op in ("placeholder", "output", "get_attr"):
+            node.meta["lrpfx"] = NodeInfo(IO, node.op, _module_path(node))
+            continue
+        info = NodeInfo(UNKNOWN, spelling(node, gm), _module_path(node))
+        node.meta["lrpfx"] = info
+        try:
+            _canonicalize_node(node, gm, graph, info, order)
+        except _Refuse as e:
+            info.kind, info.problem = UNKNOWN, str(e)
+    graph.lint()
+    return graph
+
+
+def _canonicalize_node(
+    node: fx.Node, gm: fx.GraphModule, graph: fx.Graph, info: NodeInfo, order: dict
+) -> None:
+    name = _base_name(node, gm)
+
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if node.target == "_guards_fn" or name == "_GuardsFn":
+            info.kind = SHAPE
+            return
+
+        def attr(key: str) -> fx.Node | None:
+            if getattr(mod, key, None) is None:
+                return None
+            with graph.inserting_before(node):
+                return graph.get_attr(f"{node.target}.{key}")
+
+        result = _module_extract(mod, node, attr)
+        if result == "identity":
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            return
+        if result == "flatten":
+            info.kind = PASSTHROUGH
+            return
+        if result is None:
+            return
+        _set_canonical(node, info, *result)
+        return
+
+    if node.op == "call_function" and node.target is getattr:
+        info.kind = SHAPE if node.args[1] in ("shape", "dtype", "device", "ndim") else UNKNOWN
+        return
+    if name in _IDENTITY_FUNCTIONS and not _Args(node).get(3, "training", default=False):
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+        return
+    if name in _SHAPE_NAMES:
+        info.kind = SHAPE
+        return
+    if name in _SCALE_NAMES and _is_scalar_scale(node):
+        info.kind = PASSTHROUGH
+        return
+    if name == "pad" or name == "constant_pad_nd":
+        value = _Args(node).get(3 if name == "pad" else 2, "value", default=0)
+        mode = _Args(node).get(2, "mode", default="constant") if name == "pad" else "constant"
+        if mode == "constant" and not value:
+            info.kind = PASSTHROUGH
+        return
+    if name in PASSTHROUGH_NAMES:
+        info.kind = PASSTHROUGH
+        return
+    if name == "rsub":
+        a = _Args(node)
+        alpha = a.get(2, "alpha", default=1)
+        if alpha != 1:
+            raise _Refuse(f"rsub with alpha={alpha} is not supported")
+        _set_canonical(node, info, "sub", dict(input=a.get(1, "other"), other=a.get(0, "self")))
+        _make_out_of_place(node, order, info)
+        return
+    if name == "batch_norm":
+        extract = _batch_norm_fn if node.op == "call_function" and not isinstance(
+            node.target, torch._ops.OpOverload) else _batch_norm_aten
+        _set_canonical(node, info, *extract(_Args(node)))
+        return
+    extract = _FUNCTION_EXTRACT.get(name)
+    if extract is None:
+        return
+    if name in ("mul", "add", "sub") and _tensor_operand_count(node) == 0:
+        return  # arithmetic on Python numbers only (sizes): leave as is
+    canon, kwargs = extract(_Args(node))
+    if _is_inplace(node):
+        _make_out_of_place(node, order, info)
+    _set_canonical(node, info, canon, kwargs)
+
+
+def _is_scalar_scale(node: fx.Node) -> bool:
+    """``x * 2.0``, ``x / 3``, ``-x``: one tensor operand, the rest Python numbers."""
+    operands = [*node.args, *node.kwargs.values()]
+    tensors = [a for a in operands if isinstance(a, fx.Node)]
+    numbers = [a for a in operands if _is_number(a)]
+    name = getattr(node.target, "__name__", str(node.target))
+    if "neg" in name:
+        return len(tensors) == 1
+    if len(tensors) != 1 or len(numbers) < 1:
+        return False
+    # `2.0 / x` is not a scaling of x
+    if "div" in name and node.args and not isinstance(node.args[0], fx.Node):
+        return False
+    return True
+
+
+def _make_out_of_place(node: fx.Node, order: dict, info: NodeInfo) -> None:
+    mutated = node.args[0] if node.args else None
+    if isinstance(mutated, fx.Node):
+        later = [u for u in mutated.users if u is not node and order.get(u, -1) > order[node]]
+        if later:
+            raise _Refuse(
+                f"in-place {info.source_op} mutates {mutated.name}, which "
+                f"{', '.join(u.name for u in later)} read(s) afterwards")
+
+
+def _set_canonical(node: fx.Node, info: NodeInfo, canon: str, kwargs: dict[str, Any]) -> None:
+    node.op = "call_function"
+    node.target = ops.CANONICAL_OPS[canon]
+    node.args = ()
+    node.kwargs = kwargs
+    info.kind = CANONICAL
+    info.canonical = canon
+
+
+__all__ = [
+    "CANONICAL", "IO", "PASSTHROUGH", "SHAPE", "UNKNOWN", "NodeInfo", "canonicalize", "spelling",
+    "PASSTHROUGH_NAMES",
+]

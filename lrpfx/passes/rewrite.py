@@ -1,0 +1,204 @@
+"""Pass 4: replace every rule-bearing node by a call of its rule.
+
+Each canonical node on the relevance path becomes a ``call_module`` of a
+:class:`lrpfx.rules.base.RuleCall` that holds the op's constants (cloned), its derived
+parameters (computed here, once) and its rule. Data-movement nodes stay as they are: plain
+autograd carries relevance through them unchanged. The result is a new ``GraphModule`` that owns
+every tensor it uses, so the user's model is never aliased or mutated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lrpfx import ops
+from lrpfx.passes.analyze import GraphFacts
+from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH
+from lrpfx.report import (
+    PASSTHROUGH as S_PASS,
+)
+from lrpfx.report import (
+    RULE,
+    UNSUPPORTED,
+    CoverageReport,
+    NodeReport,
+    UnsupportedOpError,
+)
+from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _ConstantEvaluator:
+    """Evaluates nodes that do not depend on the model input (weights, ``weight.t()``, ...)."""
+
+    def __init__(self, root: nn.Module):
+        self.root = root
+        self.cache: dict[fx.Node, Any] = {}
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(self(v) for v in value)
+        if not isinstance(value, fx.Node):
+            return value
+        if value in self.cache:
+            return self.cache[value]
+        n = value
+        args = self(tuple(n.args))
+        kwargs = {k: self(v) for k, v in n.kwargs.items()}
+        if n.op == "get_attr":
+            result = _fetch_attr(self.root, n.target)
+        elif n.op == "call_function":
+            result = n.target(*args, **kwargs)
+        elif n.op == "call_method":
+            result = getattr(args[0], n.target)(*args[1:], **kwargs)
+        elif n.op == "call_module":
+            result = self.root.get_submodule(n.target)(*args, **kwargs)
+        else:
+            raise ValueError(f"node {n.name} ({n.op}) is not a constant")
+        if isinstance(result, torch.Tensor):
+            result = result.detach()
+        self.cache[n] = result
+        return result
+
+
+def _classify(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> tuple[str, str, str | None]:
+    """(status, rule name, reason) for a relevant node."""
+    info = node.meta["lrpfx"]
+    if info.kind == PASSTHROUGH:
+        return S_PASS, "passthrough", None
+    if info.kind == CANONICAL:
+        spec = ruleset.get(info.canonical)
+        if spec is None:
+            return UNSUPPORTED, "none", f"no {ruleset.name!r} rule for {info.canonical}"
+        bad = [k for k, v in node.kwargs.items()
+               if isinstance(v, fx.Node) and v in facts.relevant and k not in spec.relevance_args]
+        if bad:
+            return UNSUPPORTED, "none", (
+                f"argument(s) {', '.join(bad)} depend on the input; the rule needs them constant")
+        return RULE, spec.name, None
+    return UNSUPPORTED, "none", info.problem or "no canonical op for this spelling"
+
+
+def build_report(
+    graph: fx.Graph, facts: GraphFacts, ruleset: RuleSet, frontend: str
+) -> CoverageReport:
+    """The coverage report for a canonical, analysed graph (nothing is rewritten)."""
+    report = CoverageReport(rule_set=ruleset.name, frontend=frontend)
+    for node in graph.nodes:
+        info = node.meta["lrpfx"]
+        if node not in facts.relevant or info.kind == IO:
+            continue
+        status, rule, reason = _classify(node, ruleset, facts)
+        report.nodes.append(NodeReport(
+            node=node.name, op=info.source_op, canonical=info.canonical, rule=rule,
+            module=info.module_path, status=status, reason=reason,
+            nonneg_input="input" in info.extra.get("nonneg_inputs", ()),
+        ))
+    return report
+
+
+def rewrite(
+    root: nn.Module,
+    graph: fx.Graph,
+    facts: GraphFacts,
+    ruleset: RuleSet,
+    *,
+    strict: bool = True,
+    frontend: str = "export",
+) -> tuple[fx.GraphModule, CoverageReport]:
+    """Rewrite a canonical, analysed graph into the compiled module.
+
+    Parameters
+    ----------
+    root
+        The module the graph's ``get_attr``/``call_module`` targets refer to (read only).
+    graph
+        Canonical graph (modified in place: it is the pass pipeline's own copy).
+    facts
+        Output of :func:`lrpfx.passes.analyze.analyze` for ``graph``.
+    ruleset
+        Rules to apply.
+    strict
+        Raise :class:`lrpfx.report.UnsupportedOpError` before anything runs if a node on the
+        relevance path has no rule; otherwise warn and leave such nodes to plain autograd.
+
+    Returns
+    -------
+    (GraphModule, CoverageReport)
+    """
+    report = build_report(graph, facts, ruleset, frontend)
+    if report.unsupported:
+        if strict:
+            raise UnsupportedOpError(report)
+        warnings.warn(
+            "lrpfx: these ops carry the plain gradient, not a relevance rule: "
+            + ", ".join(f"{n.node} ({n.op})" for n in report.unsupported),
+            stacklevel=3,
+        )
+    status = {n.node: n.status for n in report.nodes}
+    const = _ConstantEvaluator(root)
+    attrs: dict[str, Any] = {}
+    used_names: set[str] = set()
+
+    for node in list(graph.nodes):
+        if status.get(node.name) != RULE:
+            continue
+        info = node.meta["lrpfx"]
+        spec: RuleSpec = ruleset.get(info.canonical)
+        relevant = tuple(k for k, v in node.kwargs.items()
+                         if isinstance(v, fx.Node) and v in facts.relevant)
+        constants = {k: const(node.kwargs.get(k)) for k in ops.TENSOR_ARGS[info.canonical]
+                     if k not in relevant and not isinstance(node.kwargs.get(k), (int, float))}
+        call = RuleCall(
+            spec, ops.CANONICAL_OPS[info.canonical], node.kwargs, relevant, constants,
+            frozenset(info.extra.get("nonneg_inputs", ())), node=node.name,
+            source=info.module_path,
+        )
+        name = _unique(f"rule_{node.name}", used_names)
+        attrs[name] = call
+        with graph.inserting_before(node):
+            new = graph.call_module(name, tuple(node.kwargs[k] for k in relevant))
+        new.meta = node.meta
+        facts.relevant.add(new)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+    # drop what no longer feeds the output: constants folded into rules, export's input guard
+    for node in reversed(list(graph.nodes)):
+        if node.op not in ("placeholder", "output") and not node.users:
+            graph.erase_node(node)
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            value = _fetch_attr(root, node.target)
+            attrs[node.target] = value.detach().clone() if isinstance(
+                value, torch.Tensor) else value
+        elif node.op == "call_module" and node.target not in attrs:
+            attrs[node.target] = _copy_module(root.get_submodule(node.target))
+    graph.lint()
+    gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
+    return gm, report
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    base, i = name, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name

@@ -1,0 +1,7 @@
+"""Rules, one op family a file; importing this package registers them all."""
+
+from lrpfx.rules import arithmetic, elementwise, linear, pooling  # noqa: F401
+from lrpfx.rules.base import EPS, RuleCall, RuleSet, RuleSpec
+from lrpfx.rules.registry import RULESETS, get_ruleset
+
+__all__ = ["EPS", "RULESETS", "RuleCall", "RuleSet", "RuleSpec", "get_ruleset"]

@@ -1,0 +1,168 @@
+"""What every rule shares: the rule spec, the per-node call module, the stabiliser and the
+per-example normalisation.
+
+A rule is data: a :class:`RuleSpec` says, for one canonical op, which arguments may receive
+relevance, which derived parameters to precompute at compile time, and how to map the upstream
+signal to each input. The spec's ``function`` (one ``torch.autograd.Function`` per rule family)
+turns that into a backward pass under the gradient×input contract (DESIGN.md §3): autograd
+delivers ``G_y`` for the op's output ``y``, the rule returns ``G_x`` with ``x ⊙ G_x = R_x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+EPS: float = 1e-9
+"""The stabiliser of the reference implementation: in ``R / (|z| + EPS)`` and in the unit-L1
+normalisation ``R / (Σ|R| + EPS)``."""
+
+
+def per_example_l1(t: Tensor) -> Tensor:
+    """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``."""
+    if t.dim() <= 1:
+        return t.abs().sum().reshape([1] * t.dim())
+    return t.abs().reshape(t.shape[0], -1).sum(1).reshape(-1, *[1] * (t.dim() - 1))
+
+
+def unit_l1(t: Tensor) -> Tensor:
+    """Scale each example of ``t`` to ``Σ|t| = 1`` (the reference's ``SUM_TO_ONE``)."""
+    return t / (per_example_l1(t) + EPS)
+
+
+def unit_max(t: Tensor) -> Tensor:
+    """Scale each example of ``t`` to ``max|t| = 1`` (the reference's ``MAX_TO_ONE``)."""
+    if t.dim() <= 1:
+        return t / (t.abs().max() + EPS)
+    m = t.abs().reshape(t.shape[0], -1).amax(1).reshape(-1, *[1] * (t.dim() - 1))
+    return t / (m + EPS)
+
+
+def reduce_to(t: Tensor, like: Tensor) -> Tensor:
+    """Undo broadcasting: sum ``t`` down to ``like``'s shape."""
+    return t if t.shape == like.shape else t.sum_to_size(like.shape)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """How one canonical op propagates relevance under one rule set.
+
+    Attributes
+    ----------
+    op
+        Canonical op name (a key of :data:`lrpfx.ops.CANONICAL_OPS`).
+    function
+        The ``torch.autograd.Function`` of the rule family; called as
+        ``function.apply(call, *relevant_inputs)``.
+    vjp
+        ``vjp(call, inputs, s) -> {name: tensor}``: the family's backward map for each input that
+        carries relevance (for absLRP, ``VJP_x(h + ha; s)``).
+    relevance_args
+        Arguments that may carry relevance; an op whose other tensor arguments depend on the
+        model input is reported unsupported (e.g. a convolution with a computed weight).
+    derive
+        ``derive(call) -> {name: tensor}``, run once at compile time (|W|, W⁺, BN scale).
+    divide
+        absLRP only: ``s = R_y / (|y| + EPS)`` when true, ``s = R_y`` when false (max pooling).
+    """
+
+    op: str
+    function: type[torch.autograd.Function]
+    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]]
+    relevance_args: tuple[str, ...] = ("input",)
+    derive: Callable[[RuleCall], dict[str, Tensor]] | None = None
+    divide: bool = True
+    name: str = ""
+    """Human-readable rule name for reports (default: the rule set's name)."""
+    configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
+    """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
+
+
+class RuleCall(nn.Module):
+    """One rewritten graph node: the canonical op, its constants and derived parameters, and the
+    rule to run in backward. Its ``forward`` takes only the inputs that carry relevance.
+
+    Constants are stored as buffers (cloned from the model: the compiled module never aliases
+    the user's tensors), derived parameters are computed once here, at compile time.
+    """
+
+    def __init__(
+        self,
+        spec: RuleSpec,
+        op: Callable[..., Tensor],
+        arguments: Mapping[str, Any],
+        relevant: tuple[str, ...],
+        constants: Mapping[str, Tensor | None],
+        nonneg: frozenset[str],
+        node: str = "",
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.op = op
+        self.relevant = relevant
+        self.static = {k: v for k, v in arguments.items() if k not in relevant and
+                       k not in constants}
+        self.nonneg = nonneg
+        self.node_name = node
+        self.source = source
+        self._none_constants = [k for k, v in constants.items() if v is None]
+        self.constant_names = tuple(constants)
+        for k, v in constants.items():
+            if v is not None:
+                self.register_buffer(k, v.detach().clone())
+        self.derived_names: tuple[str, ...] = ()
+        if spec.derive is not None:
+            derived = spec.derive(self)
+            for k, v in derived.items():
+                self.register_buffer(f"derived_{k}", v.detach())
+            self.derived_names = tuple(derived)
+
+    def constant(self, name: str) -> Tensor | None:
+        """A constant argument (weight, bias, ...) or None."""
+        return None if name in self._none_constants else getattr(self, name)
+
+    def derived(self, name: str) -> Tensor:
+        """A parameter derived at compile time (``abs_weight``, ``pos_weight``, ...)."""
+        return getattr(self, f"derived_{name}")
+
+    def arguments(self, inputs: tuple[Tensor, ...] | dict[str, Tensor]) -> dict[str, Any]:
+        """The op's full keyword arguments, given the relevance-carrying inputs."""
+        if not isinstance(inputs, dict):
+            inputs = dict(zip(self.relevant, inputs))
+        args = dict(self.static)
+        args.update({k: self.constant(k) for k in self.constant_names})
+        args.update(inputs)
+        return args
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.spec.function.apply(self, *inputs)
+
+    def extra_repr(self) -> str:
+        return f"op={self.spec.op}, rule={self.spec.name}, relevant={self.relevant}, " \
+               f"source={self.source!r}"
+
+
+@dataclass
+class RuleSet:
+    """A named mapping from canonical op to :class:`RuleSpec`."""
+
+    name: str
+    specs: dict[str, RuleSpec] = field(default_factory=dict)
+    description: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def register(self, spec: RuleSpec) -> RuleSpec:
+        if spec.op in self.specs:
+            raise ValueError(f"rule set {self.name!r} already has a rule for {spec.op!r}")
+        if not spec.name:
+            object.__setattr__(spec, "name", self.name)
+        self.specs[spec.op] = spec
+        return spec
+
+    def get(self, op: str) -> RuleSpec | None:
+        return self.specs.get(op)

@@ -1,0 +1,58 @@
+"""Rule sets by name. Each op-family file in :mod:`lrpfx.rules` registers its specs on the base
+rule sets here; :func:`get_ruleset` builds a rule set with options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lrpfx.rules.base import RuleSet
+
+RULESETS: dict[str, RuleSet] = {
+    "abslrp": RuleSet(
+        "abslrp",
+        description="Relative absolute magnitude LRP (Vukadin et al., ACM TIST 2024), "
+        "reference semantics of DESIGN.md §4.2",
+        options={"max_pool_divide": False, "mask_negative_logits": False},
+    ),
+}
+"""Base rule sets, with their options' defaults."""
+
+
+def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
+    """The rule set called ``name``, with ``options`` applied.
+
+    Options of ``"abslrp"`` (both reproduce quirks of the paper's per-model reference code and
+    are off by default):
+
+    - ``max_pool_divide``: max pooling divides by ``|h|`` like every other op (the reference's
+      timm ResNet rules do; its VGG rules do not, which is the default here, DESIGN.md §4.1).
+    - ``mask_negative_logits``: the output relevance is passed through the absLRP identity rule
+      first, so only classes with a positive logit keep their seed (the reference's timm VGG head
+      ends in an ``nn.Identity`` that has this effect).
+
+    Raises
+    ------
+    ValueError
+        Unknown rule set or option.
+    """
+    import lrpfx.rules  # noqa: F401  (registers every op family)
+
+    if isinstance(name, RuleSet):
+        base = name
+    else:
+        try:
+            base = RULESETS[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown rule set {name!r}; known: {', '.join(sorted(RULESETS))}"
+            ) from None
+    unknown = set(options) - set(base.options)
+    if unknown:
+        raise ValueError(f"rule set {base.name!r} has no option(s) {sorted(unknown)}; "
+                         f"options: {sorted(base.options)}")
+    if not options:
+        return base
+    merged = {**base.options, **options}
+    specs = {op: spec.configure(spec, merged) if spec.configure else spec
+             for op, spec in base.specs.items()}
+    return RuleSet(base.name, specs, base.description, merged)
