@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lrpfx.capture import CaptureError
-from lrpfx.explainer import Explainer, Target
+from lrpfx.explainer import Explainer, Explanation, Target
 from lrpfx.report import CoverageReport, NodeReport, UnsupportedOpError
 
 __version__ = "0.1.0"
@@ -75,6 +75,6 @@ def explain(
 
 
 __all__ = [
-    "CaptureError", "CoverageReport", "Explainer", "NodeReport", "UnsupportedOpError", "compile",
-    "explain", "__version__",
+    "CaptureError", "CoverageReport", "Explainer", "Explanation", "NodeReport",
+    "UnsupportedOpError", "compile", "explain", "__version__",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,8 @@ Target = int | Tensor | None
 def _signature(args: tuple, kwargs: Mapping[str, Any], with_batch: bool) -> tuple:
     def sig(v: Any) -> Any:
         if isinstance(v, Tensor):
-            shape = tuple(v.shape) if with_batch else tuple(v.shape[1:])
-            return ("T", shape, v.dtype, v.device.type)
+            # dtype and device are not part of the key: a graph converted with .to() serves
+            return ("T", tuple(v.shape) if with_batch else tuple(v.shape[1:]))
         return ("V", repr(v))
 
     return tuple(sig(a) for a in args) + tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
@@ -102,7 +102,15 @@ class Explainer(nn.Module):
             if key in self._keys:
                 self._last = self._keys[key]
                 return self.graphs[self._last]
-        gm, dynamic = capture_export(self._model, args, kwargs)
+        like = next((p for p in self._model.parameters() if p.is_floating_point()), None)
+
+        def as_model(v: Any) -> Any:  # the user's model, not the (maybe converted) explainer
+            if like is not None and isinstance(v, Tensor) and v.is_floating_point():
+                return v.detach().to(like.device, like.dtype)
+            return v
+
+        gm, dynamic = capture_export(self._model, tuple(as_model(a) for a in args),
+                                     {k: as_model(v) for k, v in kwargs.items()})
         return self._install(_signature(args, kwargs, not dynamic), gm)
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - nn.Module's own signature
@@ -153,6 +161,28 @@ class Explainer(nn.Module):
         Tensor
             Same shape, dtype and device as ``x``.
         """
+        parts = self.explain_parts(x, target, negative=contrastive)
+        return parts.contrastive if contrastive else parts.positive
+
+    def explain_parts(self, x: Tensor, target: Target = None, *, negative: bool = True
+                      ) -> Explanation:
+        """Everything :meth:`explain` computes, from one forward pass.
+
+        Parameters
+        ----------
+        x, target
+            As in :meth:`explain`.
+        negative
+            Also run the backward pass from the uniform non-target seed (needed for the
+            contrastive map).
+
+        Returns
+        -------
+        Explanation
+            ``positive`` and ``negative`` maps (unit L1 per example), ``contrastive``
+            (positive − negative, scaled to max |R| = 1; None without ``negative``),
+            the model's ``logits`` and the resolved ``target``.
+        """
         _check_input(x)
         gm = self._graph_for((x,), {})
         with torch.enable_grad():
@@ -161,7 +191,7 @@ class Explainer(nn.Module):
             target_t = _resolve_target(target, out)
             positive = F.one_hot(target_t, out.shape[1]).to(out.dtype)
             seeds = [positive]
-            if contrastive:
+            if negative:
                 if out.shape[1] < 2:
                     raise ValueError("a contrastive map needs at least two classes")
                 seeds.append((1 - positive) / (out.shape[1] - 1))
@@ -171,13 +201,26 @@ class Explainer(nn.Module):
                 seeds = [unit_l1(seed * keep) for seed in seeds]
             maps = []
             for i, seed in enumerate(seeds):
+                # gradient×input contract at the output: out ⊙ G_out = seed
                 grad_out = torch.where(out != 0, seed / out, torch.zeros_like(out))
                 (g,) = torch.autograd.grad(out, leaf, grad_out,
                                            retain_graph=i + 1 < len(seeds))
                 maps.append(unit_l1(x.detach() * g))
-        if not contrastive:
-            return maps[0]
-        return unit_max(maps[0] - maps[1])
+        neg = maps[1] if negative else None
+        return Explanation(
+            positive=maps[0], negative=neg,
+            contrastive=None if neg is None else unit_max(maps[0] - neg),
+            logits=out.detach(), target=target_t)
+
+
+class Explanation(NamedTuple):
+    """The parts of an absLRP explanation (see :meth:`Explainer.explain_parts`)."""
+
+    positive: Tensor
+    negative: Tensor | None
+    contrastive: Tensor | None
+    logits: Tensor
+    target: Tensor
 
 
 def _run(gm: nn.Module, leaf: Tensor, x: Tensor) -> Any:
@@ -238,4 +281,4 @@ def _resolve_target(target: Target, out: Tensor) -> Tensor:
     return t
 
 
-__all__ = ["EPS", "Explainer"]
+__all__ = ["Explainer", "Explanation"]

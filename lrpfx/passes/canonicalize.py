@@ -487,7 +487,9 @@ def _canonicalize_node(
             if getattr(mod, key, None) is None:
                 return None
             with graph.inserting_before(node):
-                return graph.get_attr(f"{node.target}.{key}")
+                got = graph.get_attr(f"{node.target}.{key}")
+            got.meta["lrpfx"] = NodeInfo(IO, "get_attr", str(node.target))
+            return got
 
         result = _module_extract(mod, node, attr)
         if result == "identity":

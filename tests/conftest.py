@@ -1,0 +1,28 @@
+"""Shared fixtures. The golden maps live in ``../shared/golden`` beside the checkout (or where
+``LRPFX_GOLDEN`` points)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path:
+    env = os.environ.get("LRPFX_GOLDEN")
+    if env:
+        return Path(env)
+    for candidate in (REPO / "shared" / "golden", REPO.parent / "shared" / "golden"):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
