@@ -32,6 +32,8 @@ class GraphFacts:
     nx_graph: nx.DiGraph
     relevant: set[fx.Node] = field(default_factory=set)
     """Nodes that carry relevance from an input to the output."""
+    dynamic: set[fx.Node] = field(default_factory=set)
+    """Nodes that depend on some model input (the rest are compile-time constants)."""
     nonneg: set[fx.Node] = field(default_factory=set)
     """Relevant nodes whose value is provably >= 0."""
     fan_out: dict[fx.Node, int] = field(default_factory=dict)
@@ -62,12 +64,17 @@ def analyze(graph: fx.Graph, inputs: list[fx.Node] | None = None) -> GraphFacts:
     graph
         Output of :func:`lrpfx.passes.canonicalize.canonicalize`.
     inputs
-        Placeholders that relevance is computed for (default: all placeholders).
+        Nodes that relevance is computed for (default: the first placeholder). Tensors derived
+        only from other inputs (attention masks, ...) take part in the computation but receive
+        no relevance.
     """
     g = to_networkx(graph)
     facts = GraphFacts(nx_graph=g)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for p in placeholders:
+        facts.dynamic |= {p, *nx.descendants(g, p)}
     if inputs is None:
-        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        inputs = placeholders[:1]
     output = next(n for n in graph.nodes if n.op == "output")
     downstream: set[fx.Node] = set(inputs)
     for src in inputs:

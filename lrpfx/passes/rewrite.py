@@ -157,19 +157,23 @@ def rewrite(
         spec: RuleSpec = ruleset.get(info.canonical)
         relevant = tuple(k for k, v in node.kwargs.items()
                          if isinstance(v, fx.Node) and v in facts.relevant)
+        runtime = tuple(k for k, v in node.kwargs.items() if isinstance(v, fx.Node)
+                        and v in facts.dynamic and k not in relevant)
         constants = {k: const(node.kwargs.get(k)) for k in ops.TENSOR_ARGS[info.canonical]
-                     if k not in relevant and not isinstance(node.kwargs.get(k), (int, float))}
+                     if k not in relevant and k not in runtime
+                     and not isinstance(node.kwargs.get(k), (int, float))}
         call = RuleCall(
             spec, ops.CANONICAL_OPS[info.canonical], node.kwargs, relevant, constants,
             frozenset(info.extra.get("nonneg_inputs", ())), node=node.name,
-            source=info.module_path,
+            source=info.module_path, runtime=runtime,
         )
         name = _unique(f"rule_{node.name}", used_names)
         attrs[name] = call
         with graph.inserting_before(node):
-            new = graph.call_module(name, tuple(node.kwargs[k] for k in relevant))
+            new = graph.call_module(name, tuple(node.kwargs[k] for k in relevant + runtime))
         new.meta = node.meta
         facts.relevant.add(new)
+        facts.dynamic.add(new)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
 

@@ -40,22 +40,23 @@ class AbsLRPFunction(torch.autograd.Function):
         call: RuleCall = ctx.call
         r = out * grad
         s = r / (out.abs() + EPS) if call.spec.divide else r
-        named = dict(zip(call.relevant, inputs))
+        named = dict(zip(call.relevant + call.runtime, inputs))
         vjps = call.spec.vjp(call, named, s)
         grads = []
-        for name, x in named.items():
+        for name in call.relevant:
             v = vjps[name]
-            grads.append(v / (per_example_l1(x * v) + EPS))
-        return (None, *grads)
+            grads.append(v / (per_example_l1(named[name] * v) + EPS))
+        return (None, *grads, *[None] * len(call.runtime))
 
 
 def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
     """``VJP_x(f(x; θ) + f(|x|; |θ|); s)`` by local autograd: the formula itself, for ops with
     no cheaper closed form (non-linear activations, max pooling, ...)."""
     with torch.enable_grad():
-        leaves = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
-        h = call.op(**call.arguments(leaves))
-        abs_args = call.arguments({k: v.abs() for k, v in leaves.items()})
+        leaves = {k: inputs[k].detach().requires_grad_(True) for k in call.relevant}
+        runtime = {k: inputs[k] for k in call.runtime}  # masks: used as they are, not |·|
+        h = call.op(**call.arguments({**leaves, **runtime}))
+        abs_args = call.arguments({**{k: v.abs() for k, v in leaves.items()}, **runtime})
         for k in call.constant_names:
             if abs_args[k] is not None:
                 abs_args[k] = abs_args[k].abs()

@@ -23,7 +23,8 @@ from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
 def _add_vjp(sign_other: float):
     def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
         out = {}
-        for name, x in inputs.items():
+        for name in call.relevant:
+            x = inputs[name]
             factor = 1.0 if name == "input" else sign_other
             out[name] = reduce_to(factor * (1 + torch.sign(x)) * s, x)
         return out
@@ -34,7 +35,8 @@ def _add_vjp(sign_other: float):
 def _mul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
     args = call.arguments(inputs)
     out = {}
-    for name, x in inputs.items():
+    for name in call.relevant:
+        x = inputs[name]
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
             other = torch.as_tensor(other, dtype=s.dtype, device=s.device)

@@ -59,8 +59,9 @@ class RuleSpec:
         The ``torch.autograd.Function`` of the rule family; called as
         ``function.apply(call, *relevant_inputs)``.
     vjp
-        ``vjp(call, inputs, s) -> {name: tensor}``: the family's backward map for each input that
-        carries relevance (for absLRP, ``VJP_x(h + ha; s)``).
+        ``vjp(call, inputs, s) -> {name: tensor}``: the family's backward map for each input in
+        ``call.relevant`` (for absLRP, ``VJP_x(h + ha; s)``); ``inputs`` holds every runtime
+        tensor argument by name (relevant ones and ``call.runtime`` ones).
     relevance_args
         Arguments that may carry relevance; an op whose other tensor arguments depend on the
         model input is reported unsupported (e.g. a convolution with a computed weight).
@@ -84,7 +85,8 @@ class RuleSpec:
 
 class RuleCall(nn.Module):
     """One rewritten graph node: the canonical op, its constants and derived parameters, and the
-    rule to run in backward. Its ``forward`` takes only the inputs that carry relevance.
+    rule to run in backward. Its ``forward`` takes the inputs that carry relevance, then the
+    ``runtime`` tensors that depend on other model inputs (attention masks) and get none.
 
     Constants are stored as buffers (cloned from the model: the compiled module never aliases
     the user's tensors), derived parameters are computed once here, at compile time.
@@ -100,13 +102,15 @@ class RuleCall(nn.Module):
         nonneg: frozenset[str],
         node: str = "",
         source: str = "",
+        runtime: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.spec = spec
         self.op = op
         self.relevant = relevant
+        self.runtime = runtime
         self.static = {k: v for k, v in arguments.items() if k not in relevant and
-                       k not in constants}
+                       k not in constants and k not in runtime}
         self.nonneg = nonneg
         self.node_name = node
         self.source = source
@@ -131,9 +135,9 @@ class RuleCall(nn.Module):
         return getattr(self, f"derived_{name}")
 
     def arguments(self, inputs: tuple[Tensor, ...] | dict[str, Tensor]) -> dict[str, Any]:
-        """The op's full keyword arguments, given the relevance-carrying inputs."""
+        """The op's full keyword arguments, given the inputs (relevant, then runtime)."""
         if not isinstance(inputs, dict):
-            inputs = dict(zip(self.relevant, inputs))
+            inputs = dict(zip(self.relevant + self.runtime, inputs))
         args = dict(self.static)
         args.update({k: self.constant(k) for k in self.constant_names})
         args.update(inputs)
