@@ -158,12 +158,59 @@ def sum(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:  # n
     return torch.sum(input, dim=dim, keepdim=keepdim)
 
 
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    return F.layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def additive_mask(x: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+    """``mask`` in ``scaled_dot_product_attention``'s convention (bool: True = attend; float:
+    added), plus a causal mask, as one additive mask (or None)."""
+    add = None
+    if mask is not None:
+        add = torch.zeros_like(mask, dtype=x.dtype).masked_fill(~mask, float("-inf")) \
+            if mask.dtype == torch.bool else mask.to(x.dtype)
+    if causal:
+        n, m = x.shape[-2], x.shape[-1]
+        keep = torch.ones(n, m, dtype=torch.bool, device=x.device).tril()
+        tri = torch.zeros(n, m, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
+        add = tri if add is None else add + tri
+    return add
+
+
+def softmax(
+    input: Tensor, dim: int, mask: Tensor | None = None, causal: bool = False
+) -> Tensor:
+    """Softmax over ``dim`` of ``input`` plus an optional attention mask (bool: True = keep;
+    float: added) and causal mask. A plain softmax has neither."""
+    add = additive_mask(input, mask, causal)
+    return torch.softmax(input if add is None else input + add, dim)
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    """``input @ other`` (matmul, bmm, mm; either operand may carry relevance)."""
+    return torch.matmul(input, other)
+
+
+def scale_by(input: Tensor, factor: float | None) -> Tensor:
+    """``input * factor``, ``factor=None`` meaning ``1/sqrt(input.shape[-1])`` (attention's
+    default scale). Data movement: a scaling by a number."""
+    if factor is None:
+        factor = input.shape[-1] ** -0.5
+    return input * factor
+
+
 CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
     fn.__name__: fn
     for fn in (
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
         tanh, hardswish, hardsigmoid, elu, softplus, mish, dropout, max_pool, avg_pool,
-        adaptive_avg_pool, mean, sum,
+        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul,
     )
 }
 """Name → function for every canonical op."""
@@ -179,5 +226,8 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     "add": ("input", "other"),
     "sub": ("input", "other"),
     "mul": ("input", "other"),
+    "layer_norm": ("input", "weight", "bias"),
+    "softmax": ("input", "mask"),
+    "matmul": ("input", "other"),
 }
 """Arguments of each canonical op that are tensors (or None); the rest are static settings."""

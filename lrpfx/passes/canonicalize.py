@@ -275,6 +275,25 @@ def _dropout(a: _Args) -> tuple[str, dict[str, Any]]:
     return "dropout", dict(input=a.get(0, "input", "self"))
 
 
+def _layer_norm(a: _Args) -> tuple[str, dict[str, Any]]:
+    shape = a.get(1, "normalized_shape")
+    return "layer_norm", dict(
+        input=a.get(0, "input"), normalized_shape=list(shape) if isinstance(
+            shape, (list, tuple)) else [shape],
+        weight=a.get(2, "weight"), bias=a.get(3, "bias"), eps=float(a.get(4, "eps", default=1e-5)))
+
+
+def _softmax(a: _Args) -> tuple[str, dict[str, Any]]:
+    dim = a.get(1, "dim")
+    if dim is None:
+        raise _Refuse("softmax without an explicit dim is not supported")
+    dtype = a.get(None, "dtype")
+    if dtype is not None:
+        raise _Refuse("softmax with a dtype argument is not supported")
+    return "softmax", dict(input=a.get(0, "input", "self"), dim=int(dim), mask=None,
+                           causal=False)
+
+
 _ELEMENTWISE = {
     "relu": _act("relu"),
     "gelu": lambda a: ("gelu", dict(input=a.get(0, "input", "self"),
@@ -303,6 +322,15 @@ _FUNCTION_EXTRACT: dict[str, Callable[[_Args], tuple[str, dict[str, Any]]]] = {
     "convolution": _convolution_aten,
     "linear": lambda a: ("linear", dict(input=a.get(0, "input", "self"), weight=a.get(1, "weight"),
                                         bias=a.get(2, "bias"))),
+    "layer_norm": _layer_norm,
+    "softmax": _softmax,
+    "_softmax": _softmax,
+    "matmul": lambda a: ("matmul", dict(input=a.get(0, "input", "self"),
+                                        other=a.get(1, "other", "mat2"))),
+    "bmm": lambda a: ("matmul", dict(input=a.get(0, "input", "self"),
+                                     other=a.get(1, "other", "mat2"))),
+    "mm": lambda a: ("matmul", dict(input=a.get(0, "input", "self"),
+                                    other=a.get(1, "other", "mat2"))),
     "add": lambda a: _binary("add", a),
     "sub": lambda a: _binary("sub", a),
     "mul": lambda a: ("mul", dict(input=a.get(0, "input", "self"), other=a.get(1, "other"))),
@@ -386,6 +414,13 @@ def _module_extract(
                           mod.groups, n)
     if isinstance(mod, nn.Linear):
         return "linear", dict(input=x, weight=attr("weight"), bias=attr("bias"))
+    if isinstance(mod, nn.LayerNorm):
+        return "layer_norm", dict(input=x, normalized_shape=list(mod.normalized_shape),
+                                  weight=attr("weight"), bias=attr("bias"), eps=float(mod.eps))
+    if isinstance(mod, nn.Softmax):
+        if mod.dim is None:
+            raise _Refuse("nn.Softmax without an explicit dim is not supported")
+        return "softmax", dict(input=x, dim=int(mod.dim), mask=None, causal=False)
     if isinstance(mod, _BN_MODULES):
         if mod.training or mod.running_mean is None:
             raise _Refuse("batch norm with batch statistics (training mode or "
@@ -539,6 +574,9 @@ def _canonicalize_node(
             node.target, torch._ops.OpOverload) else _batch_norm_aten
         _set_canonical(node, info, *extract(_Args(node)))
         return
+    if name == "scaled_dot_product_attention":
+        _decompose_sdpa(node, graph, info)
+        return
     extract = _FUNCTION_EXTRACT.get(name)
     if extract is None:
         return
@@ -548,6 +586,38 @@ def _canonicalize_node(
     if _is_inplace(node):
         _make_out_of_place(node, order, info)
     _set_canonical(node, info, canon, kwargs)
+
+
+def _decompose_sdpa(node: fx.Node, graph: fx.Graph, info: NodeInfo) -> None:
+    """``scaled_dot_product_attention`` → scale, ``q @ kᵀ``, masked softmax, ``@ v``, so the
+    matmul and softmax rules apply (DESIGN.md §2, canonicalize)."""
+    a = _Args(node)
+    q, k, v = a.get(0, "query"), a.get(1, "key"), a.get(2, "value")
+    mask = a.get(3, "attn_mask")
+    if a.get(4, "dropout_p", default=0.0):
+        raise _Refuse("attention dropout_p > 0 (training mode) is not supported")
+    if a.get(7, "enable_gqa", default=False):
+        raise _Refuse("scaled_dot_product_attention with enable_gqa=True is not supported yet")
+    causal = bool(a.get(5, "is_causal", default=False))
+    scale = a.get(6, "scale", default=None)
+    source = f"{info.source_op} (decomposed)"
+
+    def add(target, kwargs, kind, canon=None):
+        with graph.inserting_before(node):
+            new = graph.call_function(target, (), kwargs) if isinstance(kwargs, dict) \
+                else graph.call_function(target, kwargs)
+        new.meta = {k: v for k, v in node.meta.items() if k != "val"}
+        new.meta["lrpfx"] = NodeInfo(kind, source, info.module_path, canonical=canon)
+        return new
+
+    q_s = add(ops.scale_by, dict(input=q, factor=scale), PASSTHROUGH)
+    k_t = add(torch.transpose, (k, -2, -1), PASSTHROUGH)
+    scores = add(ops.matmul, dict(input=q_s, other=k_t), CANONICAL, "matmul")
+    probs = add(ops.softmax, dict(input=scores, dim=-1, mask=mask, causal=causal), CANONICAL,
+                "softmax")
+    out = add(ops.matmul, dict(input=probs, other=v), CANONICAL, "matmul")
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
 
 
 def _is_scalar_scale(node: fx.Node) -> bool:

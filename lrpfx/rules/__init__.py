@@ -1,6 +1,13 @@
 """Rules, one op family a file; importing this package registers them all."""
 
-from lrpfx.rules import arithmetic, elementwise, linear, pooling  # noqa: F401
+from lrpfx.rules import (  # noqa: F401
+    arithmetic,
+    attention,
+    elementwise,
+    linear,
+    normalization,
+    pooling,
+)
 from lrpfx.rules.base import EPS, RuleCall, RuleSet, RuleSpec
 from lrpfx.rules.registry import RULESETS, get_ruleset
 

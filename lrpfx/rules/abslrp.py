@@ -41,7 +41,7 @@ class AbsLRPFunction(torch.autograd.Function):
         r = out * grad
         s = r / (out.abs() + EPS) if call.spec.divide else r
         named = dict(zip(call.relevant + call.runtime, inputs))
-        vjps = call.spec.vjp(call, named, s)
+        vjps = call.spec.vjp(call, named, s, out)
         grads = []
         for name in call.relevant:
             v = vjps[name]
@@ -49,7 +49,8 @@ class AbsLRPFunction(torch.autograd.Function):
         return (None, *grads, *[None] * len(call.runtime))
 
 
-def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
+def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
     """``VJP_x(f(x; θ) + f(|x|; |θ|); s)`` by local autograd: the formula itself, for ops with
     no cheaper closed form (non-linear activations, max pooling, ...)."""
     with torch.enable_grad():

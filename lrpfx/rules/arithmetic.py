@@ -21,27 +21,29 @@ from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
 
 
 def _add_vjp(sign_other: float):
-    def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
-        out = {}
+    def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
+        grads = {}
         for name in call.relevant:
             x = inputs[name]
             factor = 1.0 if name == "input" else sign_other
-            out[name] = reduce_to(factor * (1 + torch.sign(x)) * s, x)
-        return out
+            grads[name] = reduce_to(factor * (1 + torch.sign(x)) * s, x)
+        return grads
 
     return vjp
 
 
-def _mul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
+def _mul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
     args = call.arguments(inputs)
-    out = {}
+    grads = {}
     for name in call.relevant:
         x = inputs[name]
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
             other = torch.as_tensor(other, dtype=s.dtype, device=s.device)
-        out[name] = reduce_to((other + torch.sign(x) * other.abs()) * s, x)
-    return out
+        grads[name] = reduce_to((other + torch.sign(x) * other.abs()) * s, x)
+    return grads
 
 
 ABSLRP.register(RuleSpec("add", AbsLRPFunction, _add_vjp(1.0), relevance_args=("input", "other")))

@@ -59,9 +59,10 @@ class RuleSpec:
         The ``torch.autograd.Function`` of the rule family; called as
         ``function.apply(call, *relevant_inputs)``.
     vjp
-        ``vjp(call, inputs, s) -> {name: tensor}``: the family's backward map for each input in
+        ``vjp(call, inputs, s, out) -> {name: tensor}``: the family's backward map for each input in
         ``call.relevant`` (for absLRP, ``VJP_x(h + ha; s)``); ``inputs`` holds every runtime
-        tensor argument by name (relevant ones and ``call.runtime`` ones).
+        tensor argument by name (relevant ones and ``call.runtime`` ones), ``out`` is the op's
+        forward output.
     relevance_args
         Arguments that may carry relevance; an op whose other tensor arguments depend on the
         model input is reported unsupported (e.g. a convolution with a computed weight).
@@ -73,7 +74,7 @@ class RuleSpec:
 
     op: str
     function: type[torch.autograd.Function]
-    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]]
+    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
     relevance_args: tuple[str, ...] = ("input",)
     derive: Callable[[RuleCall], dict[str, Tensor]] | None = None
     divide: bool = True

@@ -15,12 +15,14 @@ from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
-def _relu_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
+def _relu_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
     x = inputs["input"]
     return {"input": ((x > 0).to(s.dtype) + torch.sign(x)) * s}
 
 
-def _identity_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
+def _identity_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
     x = inputs["input"]
     return {"input": (1 + torch.sign(x)) * s}
 

@@ -59,7 +59,8 @@ def _linear_family(op: str, transpose: Transpose, weight: Callable[[RuleCall], T
             return {"pos_weight": w.clamp(min=0)}
         return {"abs_weight": w.abs()}
 
-    def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor) -> dict[str, Tensor]:
+    def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+) -> dict[str, Tensor]:
         x = inputs["input"]
         if "input" in call.nonneg:
             return {"input": 2 * transpose(call, x, s, call.derived("pos_weight"))}

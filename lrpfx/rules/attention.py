@@ -1,0 +1,57 @@
+"""Softmax and matrix products of activations (the parts of attention).
+
+absLRP (DESIGN.md §4.1, reference semantics):
+
+- softmax: the max shift and the denominator are constants, in both branches (the absolute
+  branch's denominator comes from ``|x|``), so ``VJP_x(h + ha; s) = s ⊙ (h + sign(x) ⊙ ha)``
+  with ``ha = softmax(|x|)``. Masked positions (``-inf`` after the mask) stay masked in the
+  absolute branch and get no relevance.
+- ``y = A @ B`` with both operands activations: each operand gets its own pass with the other
+  held as a weight: ``VJP_A = s Bᵀ + sign(A) ⊙ s |B|ᵀ``, ``VJP_B = Aᵀ s + sign(B) ⊙ |A|ᵀ s``,
+  each normalised on its own. ``scaled_dot_product_attention`` reaches these rules decomposed
+  into scale, ``q @ kᵀ``, masked softmax, ``@ v`` (see ``passes/canonicalize.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lrpfx import ops
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp
+from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
+
+
+def _softmax_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+                 ) -> dict[str, Tensor]:
+    x = inputs["input"]
+    dim = call.static["dim"]
+    add = ops.additive_mask(x, call.arguments(inputs).get("mask"),
+                            call.static.get("causal", False))
+    ax = x.abs() if add is None else x.abs() + add
+    ha = torch.softmax(ax, dim)
+    sign = torch.sign(x)
+    if add is not None:  # masked positions: -inf + finite; keep them out of 0 * inf
+        sign = sign.masked_fill(torch.isinf(add.expand_as(x)), 0)
+    return {"input": s * (out + sign * ha)}
+
+
+def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+                ) -> dict[str, Tensor]:
+    args = call.arguments(inputs)
+    a, b = args["input"], args["other"]
+    if a.dim() < 2 or b.dim() < 2:
+        return abs_branch_vjp(call, inputs, s, out)
+    grads = {}
+    if "input" in call.relevant:
+        v = s @ b.transpose(-1, -2) + torch.sign(a) * (s @ b.abs().transpose(-1, -2))
+        grads["input"] = reduce_to(v, a)
+    if "other" in call.relevant:
+        v = a.transpose(-1, -2) @ s + torch.sign(b) * (a.abs().transpose(-1, -2) @ s)
+        grads["other"] = reduce_to(v, b)
+    return grads
+
+
+ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, _softmax_vjp))
+ABSLRP.register(RuleSpec("matmul", AbsLRPFunction, _matmul_vjp,
+                         relevance_args=("input", "other")))
