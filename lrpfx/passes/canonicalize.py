@@ -363,13 +363,20 @@ PASSTHROUGH_NAMES = frozenset({
     "half", "bfloat16", "view_as", "reshape_as", "movedim", "moveaxis", "swapaxes", "swapdims",
     "flip", "roll", "repeat", "tile", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
     "native_channel_shuffle", "index", "index_select", "lift_fresh_copy", "identity",
+    # selections: each output element is one input element or a constant fill
+    "masked_fill", "where",
 })
 # Multiplication/division by a Python number is data movement in the reference semantics.
 _SCALE_NAMES = frozenset({"mul", "truediv", "div", "neg"})
 _SHAPE_NAMES = frozenset({
     "sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "size", "dim", "numel",
     "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
-    "sym_constrain_range_for_size", "_check", "_check_is_size", "eq", "ne", "floordiv",
+    "sym_constrain_range_for_size", "_check", "_check_is_size", "floordiv",
+    # comparisons give booleans, tensor factories give values that do not depend on the data:
+    # neither carries relevance
+    "eq", "ne", "lt", "gt", "le", "ge", "logical_not", "logical_and", "logical_or", "isnan",
+    "isinf", "isfinite", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
+    "ones_like", "full_like", "empty_like", "arange", "zeros", "ones", "full",
 })
 # torchvision's stochastic depth is the identity in eval mode; export removes it, so must we.
 _IDENTITY_FUNCTIONS = frozenset({"stochastic_depth"})

@@ -177,9 +177,10 @@ def rewrite(
         node.replace_all_uses_with(new)
         graph.erase_node(node)
 
-    # drop what no longer feeds the output: constants folded into rules, export's input guard
+    # drop what no longer feeds the output: constants folded into rules, export's input guard;
+    # keep ops that mutate their inputs (masks built by slice assignment)
     for node in reversed(list(graph.nodes)):
-        if node.op not in ("placeholder", "output") and not node.users:
+        if node.op not in ("placeholder", "output") and not node.users and not _mutates(node):
             graph.erase_node(node)
     for node in graph.nodes:
         if node.op == "get_attr":
@@ -191,6 +192,15 @@ def rewrite(
     graph.lint()
     gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
     return gm, report
+
+
+def _mutates(node: fx.Node) -> bool:
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.is_mutable
+    name = target if node.op == "call_method" else getattr(target, "__name__", "")
+    return node.op in ("call_function", "call_method") and isinstance(name, str) and (
+        name.endswith("_") and not name.startswith("_") or name.startswith("_assert"))
 
 
 def _copy_module(module: nn.Module) -> nn.Module:
