@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -12,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from lrpfx.capture import FRONTENDS, capture_export, capture_symbolic_trace
-from lrpfx.passes.analyze import analyze
+from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
-from lrpfx.passes.rewrite import rewrite
+from lrpfx.passes.rewrite import RelevanceSource, rewrite
 from lrpfx.report import CoverageReport
 from lrpfx.rules.base import EPS, unit_l1, unit_max
 from lrpfx.rules.registry import get_ruleset
 
-Target = int | Tensor | None
+Target = int | Tensor | Callable[[Any], Tensor] | None
 
 
 def _signature(args: tuple, kwargs: Mapping[str, Any], with_batch: bool) -> tuple:
@@ -46,7 +47,7 @@ class Explainer(nn.Module):
         rule: str = "abslrp",
         strict: bool = True,
         frontend: str = "export",
-        example_inputs: tuple | Tensor | None = None,
+        example_inputs: tuple | Tensor | Mapping[str, Any] | None = None,
         **rule_options: Any,
     ) -> None:
         super().__init__()
@@ -74,15 +75,18 @@ class Explainer(nn.Module):
         if frontend in ("fx", "symbolic_trace"):
             gm = model if frontend == "fx" else capture_symbolic_trace(model)
             self._install(("any",), gm)
+        elif isinstance(example_inputs, Mapping):
+            self._graph_for((), dict(example_inputs), _explained_name(dict(example_inputs)))
         elif example_inputs is not None:
             args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
             self._graph_for(args, {})
 
     # ----------------------------------------------------------------------------- compilation
 
-    def _install(self, key: tuple, captured: fx.GraphModule) -> nn.Module:
+    def _install(self, key: tuple, captured: fx.GraphModule, explained: str | None = None
+                 ) -> nn.Module:
         graph = canonicalize(captured)
-        facts = analyze(graph)
+        facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)
         for fn in self._conversions:
@@ -94,11 +98,13 @@ class Explainer(nn.Module):
         self._last = name
         return gm
 
-    def _graph_for(self, args: tuple, kwargs: Mapping[str, Any]) -> nn.Module:
+    def _graph_for(self, args: tuple, kwargs: Mapping[str, Any], explained: str | None = None
+                   ) -> nn.Module:
         if ("any",) in self._keys:
             self._last = self._keys[("any",)]
             return self.graphs[self._last]
-        for key in (_signature(args, kwargs, False), _signature(args, kwargs, True)):
+        keys = [(explained, *_signature(args, kwargs, b)) for b in (False, True)]
+        for key in keys:
             if key in self._keys:
                 self._last = self._keys[key]
                 return self.graphs[self._last]
@@ -111,7 +117,7 @@ class Explainer(nn.Module):
 
         gm, dynamic = capture_export(self._model, tuple(as_model(a) for a in args),
                                      {k: as_model(v) for k, v in kwargs.items()})
-        return self._install(_signature(args, kwargs, not dynamic), gm)
+        return self._install(keys[0] if dynamic else keys[1], gm, explained)
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - nn.Module's own signature
         # remember dtype/device conversions for graphs captured later for new input shapes
@@ -140,77 +146,117 @@ class Explainer(nn.Module):
         return self._graph_for(args, kwargs)(*args, **kwargs)
 
     def explain(
-        self, x: Tensor, target: Target = None, *, contrastive: bool = True
+        self,
+        x: Tensor | None = None,
+        target: Target = None,
+        *,
+        contrastive: bool | None = None,
+        **inputs: Any,
     ) -> Tensor:
-        """Relevance of each element of ``x`` for the target class.
+        """Relevance of each element of ``x`` (or of each token) for the target.
 
         Parameters
         ----------
         x
-            Floating-point input batch, shape ``(B, ...)``.
+            Floating-point input batch, shape ``(B, ...)``. Leave it out for models called with
+            keyword inputs (Hugging Face): ``explain(input_ids=ids, attention_mask=mask)``.
         target
-            None (the predicted class), an int (the same class for every example) or a
-            LongTensor of shape ``(B,)``.
+            None (the predicted class), an int (the same class for every example), a LongTensor
+            of shape ``(B,)``, or a callable ``f(model_output) -> Tensor (B,)`` scoring each
+            example (e.g. the cosine similarity of a sentence embedding with a reference); the
+            output relevance is then ``output ⊙ ∂f/∂output``.
         contrastive
-            True (default): the reference's contrastive map, positive minus negative
-            (DESIGN.md §4.2), each example scaled to ``max|R| = 1``. False: the map from the
-            one-hot target only, each example scaled to ``Σ|R| = 1``.
+            Class targets (default True): the reference's contrastive map, positive minus
+            negative (DESIGN.md §4.2), each example scaled to ``max|R| = 1``. False: the map from
+            the one-hot target only, each example scaled to ``Σ|R| = 1``. A callable target
+            gives the positive map only (``contrastive=True`` is an error).
+        **inputs
+            Further model inputs by keyword (``input_ids``, ``attention_mask``, ...).
 
         Returns
         -------
         Tensor
-            Same shape, dtype and device as ``x``.
+            For a tensor input: the shape of ``x``. For token ids: ``(B, T)``, relevance at the
+            token embeddings summed over the hidden dimension.
         """
-        parts = self.explain_parts(x, target, negative=contrastive)
+        if callable(target) and not isinstance(target, Tensor):
+            if contrastive:
+                raise ValueError("a callable target gives a positive map only; "
+                                 "pass contrastive=False or leave it out")
+            contrastive = False
+        contrastive = True if contrastive is None else contrastive
+        parts = self.explain_parts(x, target, negative=contrastive, **inputs)
         return parts.contrastive if contrastive else parts.positive
 
-    def explain_parts(self, x: Tensor, target: Target = None, *, negative: bool = True
-                      ) -> Explanation:
+    def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
+                      negative: bool = True, **inputs: Any) -> Explanation:
         """Everything :meth:`explain` computes, from one forward pass.
 
         Parameters
         ----------
-        x, target
+        x, target, inputs
             As in :meth:`explain`.
         negative
             Also run the backward pass from the uniform non-target seed (needed for the
-            contrastive map).
+            contrastive map; not possible with a callable target).
 
         Returns
         -------
         Explanation
             ``positive`` and ``negative`` maps (unit L1 per example), ``contrastive``
             (positive − negative, scaled to max |R| = 1; None without ``negative``),
-            the model's ``logits`` and the resolved ``target``.
+            the model's ``logits`` (or raw output for a callable target) and ``target``.
         """
-        _check_input(x)
-        gm = self._graph_for((x,), {})
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            out = _logits(_run(gm, leaf, x))
-            target_t = _resolve_target(target, out)
-            positive = F.one_hot(target_t, out.shape[1]).to(out.dtype)
-            seeds = [positive]
-            if negative:
-                if out.shape[1] < 2:
-                    raise ValueError("a contrastive map needs at least two classes")
-                seeds.append((1 - positive) / (out.shape[1] - 1))
-            if self.ruleset.options.get("mask_negative_logits"):
-                # the absLRP identity rule applied to the logits (DESIGN.md §4.1 with f = id)
-                keep = 2 * out.detach().clamp(min=0) / (out.detach().abs() + EPS)
-                seeds = [unit_l1(seed * keep) for seed in seeds]
+        args, kwargs, explained = _explained_call(x, inputs)
+        value = args[0] if args else kwargs[explained]
+        _check_input(value, text=not args and not value.is_floating_point())
+        gm = self._graph_for(args, kwargs, explained)
+        probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
+        with torch.enable_grad(), _armed(probes) as leaves:
+            if not probes:
+                leaf = value.detach().requires_grad_(True)
+                leaves.append(leaf)
+                args, kwargs = ((leaf, *args[1:]), kwargs) if args else (
+                    args, {**kwargs, explained: leaf})
+            raw = _run(gm, args, kwargs, value)
+            out, seeds, target_t = self._seeds(raw, target, negative)
             maps = []
             for i, seed in enumerate(seeds):
-                # gradient×input contract at the output: out ⊙ G_out = seed
-                grad_out = torch.where(out != 0, seed / out, torch.zeros_like(out))
-                (g,) = torch.autograd.grad(out, leaf, grad_out,
-                                           retain_graph=i + 1 < len(seeds))
-                maps.append(unit_l1(x.detach() * g))
+                grads = torch.autograd.grad(out, leaves, seed, retain_graph=i + 1 < len(seeds))
+                r = sum(leaf.detach() * g for leaf, g in zip(leaves, grads))
+                maps.append(unit_l1(r.sum(-1) if probes else r))
         neg = maps[1] if negative else None
         return Explanation(
             positive=maps[0], negative=neg,
             contrastive=None if neg is None else unit_max(maps[0] - neg),
             logits=out.detach(), target=target_t)
+
+    def _seeds(self, raw: Any, target: Target, negative: bool
+               ) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The output tensor to backpropagate from, and ``G_out`` for each backward pass."""
+        if callable(target) and not isinstance(target, Tensor):
+            if negative:
+                raise ValueError("a callable target has no negative map (contrastive=False)")
+            scores = target(raw)
+            if not isinstance(scores, Tensor) or scores.dim() != 1:
+                raise ValueError("a callable target must return a tensor of shape (B,)")
+            # G_out = ∂score/∂out, so R_out = out ⊙ ∂score/∂out, for each example
+            return scores, [torch.ones_like(scores)], scores.detach()
+        out = _logits(raw)
+        target_t = _resolve_target(target, out)
+        positive = F.one_hot(target_t, out.shape[1]).to(out.dtype)
+        seeds = [positive]
+        if negative:
+            if out.shape[1] < 2:
+                raise ValueError("a contrastive map needs at least two classes")
+            seeds.append((1 - positive) / (out.shape[1] - 1))
+        if self.ruleset.options.get("mask_negative_logits"):
+            # the absLRP identity rule applied to the logits (DESIGN.md §4.1 with f = id)
+            keep = 2 * out.detach().clamp(min=0) / (out.detach().abs() + EPS)
+            seeds = [unit_l1(seed * keep) for seed in seeds]
+        # gradient×input contract at the output: out ⊙ G_out = seed
+        grads = [torch.where(out != 0, seed / out, torch.zeros_like(out)) for seed in seeds]
+        return out, grads, target_t
 
 
 class Explanation(NamedTuple):
@@ -223,18 +269,55 @@ class Explanation(NamedTuple):
     target: Tensor
 
 
-def _run(gm: nn.Module, leaf: Tensor, x: Tensor) -> Any:
+@contextmanager
+def _armed(probes: list[RelevanceSource]) -> Iterator[list[Tensor]]:
+    leaves: list[Tensor] = []
+    for p in probes:
+        p.armed = leaves
     try:
-        return gm(leaf)
+        yield leaves
+    finally:
+        for p in probes:
+            p.armed = None
+
+
+def _explained_call(x: Tensor | None, inputs: dict[str, Any]
+                    ) -> tuple[tuple, dict[str, Any], str | None]:
+    if x is not None:
+        return (x,), inputs, None
+    if not inputs:
+        raise TypeError("explain needs an input: explain(x) or explain(input_ids=..., ...)")
+    return (), inputs, _explained_name(inputs)
+
+
+def _explained_name(inputs: Mapping[str, Any]) -> str:
+    for name in ("input_ids", "inputs_embeds", "pixel_values", "input_values"):
+        if isinstance(inputs.get(name), Tensor):
+            return name
+    name = next((k for k, v in inputs.items() if isinstance(v, Tensor)), None)
+    if name is None:
+        raise TypeError("none of the keyword inputs is a tensor")
+    return name
+
+
+def _run(gm: nn.Module, args: tuple, kwargs: dict[str, Any], x: Tensor) -> Any:
+    try:
+        return gm(*args, **kwargs)
     except (RuntimeError, AssertionError) as e:
         raise ValueError(
             f"the compiled graph cannot take an input of shape {tuple(x.shape)} "
             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") from e
 
 
-def _check_input(x: Any) -> None:
+def _check_input(x: Any, text: bool = False) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if text:
+        if x.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"token ids must be integers, got {x.dtype}")
+        if x.dim() != 2:
+            raise ValueError(f"token ids must have shape (B, T); got {tuple(x.shape)}")
+        return
     if not x.is_floating_point():
         raise TypeError(
             f"relevance is taken with respect to x, which must be floating point; got {x.dtype}")

@@ -205,12 +205,18 @@ def scale_by(input: Tensor, factor: float | None) -> Tensor:
     return input * factor
 
 
+def embedding(weight: Tensor, indices: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Embedding lookup. Where ``indices`` are the explained token ids, relevance stops here: its
+    output is where token relevance is read (see :class:`lrpfx.passes.rewrite.RelevanceSource`)."""
+    return F.embedding(indices, weight, padding_idx)
+
+
 CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
     fn.__name__: fn
     for fn in (
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
         tanh, hardswish, hardsigmoid, elu, softplus, mish, dropout, max_pool, avg_pool,
-        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul,
+        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, embedding,
     )
 }
 """Name → function for every canonical op."""
@@ -229,5 +235,6 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     "layer_norm": ("input", "weight", "bias"),
     "softmax": ("input", "mask"),
     "matmul": ("input", "other"),
+    "embedding": ("weight", "indices"),
 }
 """Arguments of each canonical op that are tensors (or None); the rest are static settings."""

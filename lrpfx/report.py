@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 RULE = "rule"
 PASSTHROUGH = "passthrough"
+SOURCE = "source"
 UNSUPPORTED = "unsupported"
 
 
@@ -27,7 +28,8 @@ class NodeReport:
     module
         Dotted path of the source module in the user's model ("" for the top level).
     status
-        ``"rule"``, ``"passthrough"`` or ``"unsupported"``.
+        ``"rule"``, ``"passthrough"``, ``"source"`` (where relevance is read, e.g. the token
+        embedding lookup) or ``"unsupported"``.
     reason
         Why the node is unsupported, when it is.
     nonneg_input

@@ -32,6 +32,8 @@ class GraphFacts:
     nx_graph: nx.DiGraph
     relevant: set[fx.Node] = field(default_factory=set)
     """Nodes that carry relevance from an input to the output."""
+    sources: list[fx.Node] = field(default_factory=list)
+    """Where relevance is read: the explained input, or the embedding lookups of token ids."""
     dynamic: set[fx.Node] = field(default_factory=set)
     """Nodes that depend on some model input (the rest are compile-time constants)."""
     nonneg: set[fx.Node] = field(default_factory=set)
@@ -56,6 +58,37 @@ def to_networkx(graph: fx.Graph) -> nx.DiGraph:
     return g
 
 
+def find_sources(graph: fx.Graph, explained: str | None = None) -> list[fx.Node]:
+    """The nodes relevance is computed for.
+
+    ``explained`` names the model argument being explained (default: the first placeholder).
+    A floating-point input is its own source; for integer token ids, the sources are the
+    embedding lookups indexed by them (DESIGN.md: text relevance is read at the embedding
+    output).
+
+    Raises
+    ------
+    ValueError
+        Integer input that no embedding lookup reads.
+    """
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        raise ValueError("the captured graph has no inputs")
+    chosen = next((p for p in placeholders if explained is not None and p.target == explained),
+                  placeholders[0])
+    val = chosen.meta.get("val")
+    if val is None or not hasattr(val, "dtype") or val.dtype.is_floating_point:
+        return [chosen]
+    reach = {chosen} | nx.descendants(to_networkx(graph), chosen)
+    found = [n for n in graph.nodes if n.meta["lrpfx"].canonical == "embedding"
+             and n.kwargs.get("indices") in reach]
+    if not found:
+        raise ValueError(
+            f"input {chosen.target!r} holds integers ({val.dtype}) and no embedding lookup reads "
+            "it: there is no floating-point tensor to take relevance at")
+    return found
+
+
 def analyze(graph: fx.Graph, inputs: list[fx.Node] | None = None) -> GraphFacts:
     """Analyse a canonical graph.
 
@@ -74,7 +107,8 @@ def analyze(graph: fx.Graph, inputs: list[fx.Node] | None = None) -> GraphFacts:
     for p in placeholders:
         facts.dynamic |= {p, *nx.descendants(g, p)}
     if inputs is None:
-        inputs = placeholders[:1]
+        inputs = find_sources(graph)
+    facts.sources = list(inputs)
     output = next(n for n in graph.nodes if n.op == "output")
     downstream: set[fx.Node] = set(inputs)
     for src in inputs:

@@ -294,6 +294,20 @@ def _softmax(a: _Args) -> tuple[str, dict[str, Any]]:
                            causal=False)
 
 
+def _embedding_aten(a: _Args) -> tuple[str, dict[str, Any]]:
+    pad = a.get(2, "padding_idx", default=-1)
+    return "embedding", dict(weight=a.get(0, "weight"), indices=a.get(1, "indices"),
+                             padding_idx=None if pad is None or pad < 0 else int(pad))
+
+
+def _embedding_fn(a: _Args) -> tuple[str, dict[str, Any]]:  # F.embedding(input, weight, ...)
+    if a.get(3, "max_norm") is not None:
+        raise _Refuse("embedding with max_norm (renormalises the table in place) is not supported")
+    pad = a.get(2, "padding_idx")
+    return "embedding", dict(weight=a.get(1, "weight"), indices=a.get(0, "input"),
+                             padding_idx=None if pad is None or pad < 0 else int(pad))
+
+
 _ELEMENTWISE = {
     "relu": _act("relu"),
     "gelu": lambda a: ("gelu", dict(input=a.get(0, "input", "self"),
@@ -421,6 +435,10 @@ def _module_extract(
                           mod.groups, n)
     if isinstance(mod, nn.Linear):
         return "linear", dict(input=x, weight=attr("weight"), bias=attr("bias"))
+    if isinstance(mod, nn.Embedding):
+        if mod.max_norm is not None:
+            raise _Refuse("nn.Embedding with max_norm is not supported")
+        return "embedding", dict(weight=attr("weight"), indices=x, padding_idx=mod.padding_idx)
     if isinstance(mod, nn.LayerNorm):
         return "layer_norm", dict(input=x, normalized_shape=list(mod.normalized_shape),
                                   weight=attr("weight"), bias=attr("bias"), eps=float(mod.eps))
@@ -518,6 +536,11 @@ def _canonicalize_node(
     node: fx.Node, gm: fx.GraphModule, graph: fx.Graph, info: NodeInfo, order: dict
 ) -> None:
     name = _base_name(node, gm)
+    operands = node.all_input_nodes
+    if operands and node.op != "call_module" and all(
+            a.meta["lrpfx"].kind == SHAPE for a in operands):
+        info.kind = SHAPE  # arithmetic on sizes (`b, c, l = x.shape; c * l`)
+        return
 
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
@@ -575,6 +598,11 @@ def _canonicalize_node(
             raise _Refuse(f"rsub with alpha={alpha} is not supported")
         _set_canonical(node, info, "sub", dict(input=a.get(1, "other"), other=a.get(0, "self")))
         _make_out_of_place(node, order, info)
+        return
+    if name == "embedding":
+        extract = _embedding_aten if isinstance(node.target, torch._ops.OpOverload) \
+            else _embedding_fn
+        _set_canonical(node, info, *extract(_Args(node)))
         return
     if name == "batch_norm":
         extract = _batch_norm_fn if node.op == "call_function" and not isinstance(

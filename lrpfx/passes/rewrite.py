@@ -23,12 +23,34 @@ from lrpfx.report import (
 )
 from lrpfx.report import (
     RULE,
+    SOURCE,
     UNSUPPORTED,
     CoverageReport,
     NodeReport,
     UnsupportedOpError,
 )
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
+
+
+class RelevanceSource(nn.Module):
+    """An embedding lookup of the explained token ids: where token relevance is read.
+
+    When ``armed`` is a list, the output is cut from the table (a fresh leaf that requires grad)
+    and appended to it, so the explainer can take ``R = e ⊙ ∂/∂e`` there after the backward.
+    """
+
+    def __init__(self, weight: torch.Tensor, padding_idx: int | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.padding_idx = padding_idx
+        self.armed: list[torch.Tensor] | None = None
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.embedding(indices, self.weight, self.padding_idx)
+        if self.armed is not None:
+            out = out.detach().requires_grad_(True)
+            self.armed.append(out)
+        return out
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:
@@ -74,6 +96,8 @@ class _ConstantEvaluator:
 def _classify(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> tuple[str, str, str | None]:
     """(status, rule name, reason) for a relevant node."""
     info = node.meta["lrpfx"]
+    if node in facts.sources and info.canonical == "embedding":
+        return SOURCE, "relevance source", None
     if info.kind == PASSTHROUGH:
         return S_PASS, "passthrough", None
     if info.kind == CANONICAL:
@@ -151,6 +175,18 @@ def rewrite(
     used_names: set[str] = set()
 
     for node in list(graph.nodes):
+        if status.get(node.name) == SOURCE:
+            name = _unique(f"source_{node.name}", used_names)
+            attrs[name] = RelevanceSource(const(node.kwargs["weight"]),
+                                          node.kwargs.get("padding_idx"))
+            with graph.inserting_before(node):
+                new = graph.call_module(name, (node.kwargs["indices"],))
+            new.meta = node.meta
+            facts.relevant.add(new)
+            facts.dynamic.add(new)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            continue
         if status.get(node.name) != RULE:
             continue
         info = node.meta["lrpfx"]
