@@ -11,6 +11,7 @@ Frontends:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,11 +83,24 @@ def capture_export(
             ) from e
 
 
-def _positional_names(model: nn.Module, n: int) -> list[str]:
-    import inspect
+def call_kwargs(model: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``use_cache=False`` where the model's forward takes ``use_cache`` (a
+    key/value cache in the output is nothing export can return, nor carries relevance)."""
+    kwargs = dict(kwargs)
+    if "use_cache" in _parameters(model) and "use_cache" not in kwargs:
+        kwargs["use_cache"] = False
+    return kwargs
 
-    params = list(inspect.signature(model.forward).parameters)
-    return params[:n]
+
+def _parameters(model: nn.Module) -> list[str]:
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _positional_names(model: nn.Module, n: int) -> list[str]:
+    return _parameters(model)[:n]
 
 
 def capture_symbolic_trace(model: nn.Module) -> fx.GraphModule:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from lrpfx.capture import FRONTENDS, capture_export, capture_symbolic_trace
+from lrpfx.capture import FRONTENDS, call_kwargs, capture_export, capture_symbolic_trace
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
@@ -76,7 +76,8 @@ class Explainer(nn.Module):
             gm = model if frontend == "fx" else capture_symbolic_trace(model)
             self._install(("any",), gm)
         elif isinstance(example_inputs, Mapping):
-            self._graph_for((), dict(example_inputs), _explained_name(dict(example_inputs)))
+            self._graph_for((), call_kwargs(model, example_inputs),
+                            _explained_name(dict(example_inputs)))
         elif example_inputs is not None:
             args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
             self._graph_for(args, {})
@@ -143,6 +144,7 @@ class Explainer(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The model's forward, through the compiled graph."""
+        kwargs = call_kwargs(self._model, kwargs)
         return self._graph_for(args, kwargs)(*args, **kwargs)
 
     def explain(
@@ -208,6 +210,7 @@ class Explainer(nn.Module):
             the model's ``logits`` (or raw output for a callable target) and ``target``.
         """
         args, kwargs, explained = _explained_call(x, inputs)
+        kwargs = call_kwargs(self._model, kwargs)
         value = args[0] if args else kwargs[explained]
         _check_input(value, text=not args and not value.is_floating_point())
         gm = self._graph_for(args, kwargs, explained)

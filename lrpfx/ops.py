@@ -114,6 +114,11 @@ def mish(input: Tensor) -> Tensor:
     return F.mish(input)
 
 
+def pow(input: Tensor, exponent: float) -> Tensor:  # noqa: A001
+    """``input ** exponent`` for a Python-number exponent."""
+    return torch.pow(input, exponent)
+
+
 def dropout(input: Tensor) -> Tensor:
     """Dropout in eval mode: the identity, kept as a node because the reference treats it as a
     compute op (DESIGN.md §4.2)."""
@@ -215,7 +220,7 @@ CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
     fn.__name__: fn
     for fn in (
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
-        tanh, hardswish, hardsigmoid, elu, softplus, mish, dropout, max_pool, avg_pool,
+        tanh, hardswish, hardsigmoid, elu, softplus, mish, pow, dropout, max_pool, avg_pool,
         adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, embedding,
     )
 }

@@ -79,7 +79,14 @@ def find_sources(graph: fx.Graph, explained: str | None = None) -> list[fx.Node]
     val = chosen.meta.get("val")
     if val is None or not hasattr(val, "dtype") or val.dtype.is_floating_point:
         return [chosen]
-    reach = {chosen} | nx.descendants(to_networkx(graph), chosen)
+    # the ids themselves, moved around but not computed on (RoBERTa computes position ids from
+    # the token ids: that lookup is no token embedding)
+    reach, frontier = {chosen}, [chosen]
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in reach and user.meta["lrpfx"].kind == PASSTHROUGH:
+                reach.add(user)
+                frontier.append(user)
     found = [n for n in graph.nodes if n.meta["lrpfx"].canonical == "embedding"
              and n.kwargs.get("indices") in reach]
     if not found:

@@ -599,6 +599,24 @@ def _canonicalize_node(
         _set_canonical(node, info, "sub", dict(input=a.get(1, "other"), other=a.get(0, "self")))
         _make_out_of_place(node, order, info)
         return
+    if name == "addmm":  # bias + x @ w (GPT-2's Conv1D): a linear layer with weight wᵀ
+        a = _Args(node)
+        if a.get(3, "beta", default=1) != 1 or a.get(4, "alpha", default=1) != 1:
+            raise _Refuse("addmm with beta/alpha other than 1 is not supported")
+        with graph.inserting_before(node):
+            w_t = graph.call_function(torch.t, (a.get(2, "mat2"),))
+        w_t.meta["lrpfx"] = NodeInfo(PASSTHROUGH, "addmm weight (transposed)", info.module_path)
+        _set_canonical(node, info, "linear", dict(input=a.get(1, "mat1"), weight=w_t,
+                                                  bias=a.get(0, "input", "self")))
+        return
+    if name == "pow":
+        a = _Args(node)
+        exponent = a.get(1, "exponent")
+        if not _is_number(exponent) or not isinstance(a.get(0, "input", "self"), fx.Node):
+            return  # tensor exponents, number ** tensor: not supported
+        _set_canonical(node, info, "pow", dict(input=a.get(0, "input", "self"),
+                                               exponent=exponent))
+        return
     if name == "embedding":
         extract = _embedding_aten if isinstance(node.target, torch._ops.OpOverload) \
             else _embedding_fn

@@ -31,6 +31,6 @@ ABSLRP.register(RuleSpec("relu", AbsLRPFunction, _relu_vjp))
 ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, _identity_vjp))
 for _op in (
     "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-    "elu", "softplus", "mish",
+    "elu", "softplus", "mish", "pow",
 ):
     ABSLRP.register(RuleSpec(_op, AbsLRPFunction, abs_branch_vjp))
