@@ -214,6 +214,13 @@ class Explainer(nn.Module):
         value = args[0] if args else kwargs[explained]
         _check_input(value, text=not args and not value.is_floating_point())
         gm = self._graph_for(args, kwargs, explained)
+        out_dtype = value.dtype if value.is_floating_point() else None
+        if _low_precision(gm):
+            # relevance divides by activations and sums over many tiny terms: float32 throughout
+            gm = self._float32(gm)
+            args = tuple(_to32(a) for a in args)
+            kwargs = {k: _to32(v) for k, v in kwargs.items()}
+            value = args[0] if args else kwargs[explained]
         probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
         with torch.enable_grad(), _armed(probes) as leaves:
             if not probes:
@@ -229,10 +236,20 @@ class Explainer(nn.Module):
                 r = sum(leaf.detach() * g for leaf, g in zip(leaves, grads))
                 maps.append(unit_l1(r.sum(-1) if probes else r))
         neg = maps[1] if negative else None
-        return Explanation(
-            positive=maps[0], negative=neg,
-            contrastive=None if neg is None else unit_max(maps[0] - neg),
-            logits=out.detach(), target=target_t)
+        contrastive = None if neg is None else unit_max(maps[0] - neg)
+
+        def cast(t: Tensor | None) -> Tensor | None:  # after the subtraction: it cancels a lot
+            return t if t is None or out_dtype is None else t.to(out_dtype)
+
+        return Explanation(positive=cast(maps[0]), negative=cast(neg),
+                           contrastive=cast(contrastive), logits=out.detach(), target=target_t)
+
+    def _float32(self, gm: nn.Module) -> nn.Module:
+        """A float32 copy of a half/bfloat16 compiled graph, made once."""
+        cache = self.__dict__.setdefault("_f32", {})
+        if id(gm) not in cache:
+            cache[id(gm)] = (gm, copy.deepcopy(gm).float())
+        return cache[id(gm)][1]
 
     def _seeds(self, raw: Any, target: Target, negative: bool
                ) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -270,6 +287,16 @@ class Explanation(NamedTuple):
     contrastive: Tensor | None
     logits: Tensor
     target: Tensor
+
+
+def _low_precision(gm: nn.Module) -> bool:
+    t = next(iter(gm.buffers()), None)
+    return t is not None and t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _to32(v: Any) -> Any:
+    return v.float() if isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) \
+        else v
 
 
 @contextmanager

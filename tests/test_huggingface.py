@@ -131,3 +131,14 @@ def test_token_renderers():
     assert "\x1b[48;2;255;0;0m" in term and term.count("\x1b[0m") == 3
     with pytest.raises(ValueError, match="tokens"):
         render_html(tokens, [1.0])
+
+
+def test_twelve_layer_bert_float32_is_finite():
+    t = transformers
+    torch.manual_seed(0)
+    model = t.BertForSequenceClassification(t.BertConfig(num_labels=2)).eval()  # BERT-base
+    ids, mask = _batch()
+    parts = lrpfx.compile(model).explain_parts(input_ids=ids, attention_mask=mask)
+    for r in (parts.positive, parts.negative, parts.contrastive):
+        assert torch.isfinite(r).all() and r.abs().amax() > 0
+    assert torch.equal(parts.contrastive[1, 6:], torch.zeros(2))

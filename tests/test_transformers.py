@@ -234,3 +234,23 @@ def test_torchvision_vit_multihead_attention():
 def test_torchvision_swin():
     model = torchvision.models.swin_t(weights=None).eval()
     _check_vision(model, torch.randn(2, 3, 64, 64))
+
+
+def test_bfloat16_model_explains_in_float32():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False).eval().bfloat16()
+    x = torch.randn(2, 3, 32, 32).bfloat16()
+    r = lrpfx.compile(model).explain(x)
+    assert r.dtype == torch.bfloat16 and torch.isfinite(r).all()
+    # the same weights and input in float32 give the same map: the relevance path ran in float32
+    expected = lrpfx.compile(model.float()).explain(x.float())
+    torch.testing.assert_close(r.float(), expected, rtol=0, atol=1e-2)
+
+
+def test_twelve_layer_vit_base_float32_is_finite():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    parts = lrpfx.compile(model).explain_parts(x)
+    for r in (parts.positive, parts.negative, parts.contrastive):
+        assert torch.isfinite(r).all() and r.abs().amax() > 0
