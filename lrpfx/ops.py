@@ -202,6 +202,11 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
     return torch.matmul(input, other)
 
 
+def einsum(equation: str, input: Tensor, other: Tensor) -> Tensor:
+    """Two-operand ``torch.einsum`` (either operand may carry relevance)."""
+    return torch.einsum(equation, input, other)
+
+
 def scale_by(input: Tensor, factor: float | None) -> Tensor:
     """``input * factor``, ``factor=None`` meaning ``1/sqrt(input.shape[-1])`` (attention's
     default scale). Data movement: a scaling by a number."""
@@ -221,7 +226,7 @@ CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
     for fn in (
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
         tanh, hardswish, hardsigmoid, elu, softplus, mish, pow, dropout, max_pool, avg_pool,
-        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, embedding,
+        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, einsum, embedding,
     )
 }
 """Name → function for every canonical op."""
@@ -241,5 +246,6 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     "softmax": ("input", "mask"),
     "matmul": ("input", "other"),
     "embedding": ("weight", "indices"),
+    "einsum": ("input", "other"),
 }
 """Arguments of each canonical op that are tensors (or None); the rest are static settings."""

@@ -254,3 +254,27 @@ def test_twelve_layer_vit_base_float32_is_finite():
     parts = lrpfx.compile(model).explain_parts(x)
     for r in (parts.positive, parts.negative, parts.contrastive):
         assert torch.isfinite(r).all() and r.abs().amax() > 0
+
+
+class EinsumAttention(nn.Module):
+    """The same scores written with einsum."""
+
+    def __init__(self, use_einsum: bool):
+        super().__init__()
+        self.a, self.b, self.use_einsum = nn.Linear(6, 6), nn.Linear(6, 6), use_einsum
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        q, k = self.a(x), self.b(x)
+        s = torch.einsum("bid,bjd->bij", q, k) if self.use_einsum else q @ k.transpose(1, 2)
+        return self.head((torch.softmax(s, -1) @ x).mean(1))
+
+
+def test_einsum_equals_matmul():
+    torch.manual_seed(0)
+    a, b = EinsumAttention(True).double().eval(), EinsumAttention(False).double().eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 6, dtype=torch.double)
+    ea, eb = lrpfx.compile(a), lrpfx.compile(b)
+    torch.testing.assert_close(ea.explain(x), eb.explain(x), rtol=1e-7, atol=1e-10)
+    assert any(n.canonical == "einsum" for n in ea.report.nodes)

@@ -609,6 +609,17 @@ def _canonicalize_node(
         _set_canonical(node, info, "linear", dict(input=a.get(1, "mat1"), weight=w_t,
                                                   bias=a.get(0, "input", "self")))
         return
+    if name == "einsum":
+        a = _Args(node)
+        equation = a.get(0, "equation")
+        operands = a.get(1, "tensors") if node.op != "call_method" else None
+        if not isinstance(operands, (list, tuple)):
+            operands = list(node.args[1:])
+        if not isinstance(equation, str) or len(operands) != 2:
+            raise _Refuse("einsum is supported with exactly two operands")
+        _set_canonical(node, info, "einsum", dict(equation=equation, input=operands[0],
+                                                  other=operands[1]))
+        return
     if name == "pow":
         a = _Args(node)
         exponent = a.get(1, "exponent")

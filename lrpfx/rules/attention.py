@@ -10,6 +10,7 @@ absLRP (DESIGN.md §4.1, reference semantics):
   held as a weight: ``VJP_A = s Bᵀ + sign(A) ⊙ s |B|ᵀ``, ``VJP_B = Aᵀ s + sign(B) ⊙ |A|ᵀ s``,
   each normalised on its own. ``scaled_dot_product_attention`` reaches these rules decomposed
   into scale, ``q @ kᵀ``, masked softmax, ``@ v`` (see ``passes/canonicalize.py``).
+  Two-operand ``einsum`` follows the same rule, through local autograd.
 """
 
 from __future__ import annotations
@@ -53,5 +54,9 @@ def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tenso
 
 
 ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, _softmax_vjp))
+# einsum: the same two-operand rule, by local autograd on the formula (no closed form per
+# equation)
+ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,
+                         relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("matmul", AbsLRPFunction, _matmul_vjp,
                          relevance_args=("input", "other")))
