@@ -27,9 +27,19 @@ EPS = 1e-9
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+SMALLEST_MASS = [float("inf")]
+"""Smallest Σ|r| any :func:`unit_l1` has normalised since the last reset. Far below 1 means the
+relevance nearly cancelled and the normalisation blew rounding noise up to unit size: the map
+is then noise, and such cases are skipped (lrpfx skips normalisations that cancel, so its
+noise differs)."""
+
+
 def unit_l1(r: Tensor) -> Tensor:
     """``r / (Σ|r| + 1e-9)`` per example (sum over every dimension but the first)."""
     total = r.abs().reshape(r.shape[0], -1).sum(1).reshape(-1, *[1] * (r.dim() - 1))
+    nonzero = total[total > 0]  # exactly zero relevance is exact, not noise
+    if nonzero.numel():
+        SMALLEST_MASS[0] = min(SMALLEST_MASS[0], float(nonzero.min()))
     return r / (total + EPS)
 
 

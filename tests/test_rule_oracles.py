@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from torch import Tensor, nn
 
 import lrpfx
@@ -65,6 +66,11 @@ def _explain(model: nn.Module, x: Tensor, target: Tensor, frontend: str,
 
 
 def _assert_close(got: Tensor, expected: Tensor) -> None:
+    smallest, oracle.SMALLEST_MASS[0] = oracle.SMALLEST_MASS[0], float("inf")
+    if currently_in_test_context():  # relevance cancelled to rounding noise: nothing to compare
+        assume(smallest > 1e-6)
+    else:
+        assert smallest > 1e-6, "a fixed example whose relevance cancels to rounding noise"
     assert torch.isfinite(expected).all()
     diff = (got - expected).abs().max().item()
     assert torch.allclose(got, expected, rtol=RTOL, atol=ATOL), (

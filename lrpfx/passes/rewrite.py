@@ -170,6 +170,7 @@ def rewrite(
             stacklevel=3,
         )
     status = {n.node: n.status for n in report.nodes}
+    summed = {node: _contributions_summed(node, facts, status) for node in facts.relevant}
     const = _ConstantEvaluator(root)
     attrs: dict[str, Any] = {}
     used_names: set[str] = set()
@@ -184,6 +185,7 @@ def rewrite(
             new.meta = node.meta
             facts.relevant.add(new)
             facts.dynamic.add(new)
+            summed[new] = summed[node]
             node.replace_all_uses_with(new)
             graph.erase_node(node)
             continue
@@ -202,6 +204,7 @@ def rewrite(
             spec, ops.CANONICAL_OPS[info.canonical], node.kwargs, relevant, constants,
             frozenset(info.extra.get("nonneg_inputs", ())), node=node.name,
             source=info.module_path, runtime=runtime,
+            normalize=frozenset(k for k in relevant if summed[node.kwargs[k]]),
         )
         name = _unique(f"rule_{node.name}", used_names)
         attrs[name] = call
@@ -210,6 +213,7 @@ def rewrite(
         new.meta = node.meta
         facts.relevant.add(new)
         facts.dynamic.add(new)
+        summed[new] = summed[node]
         node.replace_all_uses_with(new)
         graph.erase_node(node)
 
@@ -228,6 +232,45 @@ def rewrite(
     graph.lint()
     gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
     return gm, report
+
+
+def _contributions_summed(node: fx.Node, facts: GraphFacts, status: dict[str, str]) -> bool:
+    """Is relevance arriving at ``node`` summed with other contributions (here or at a tensor it
+    is a view of)? Only such contributions need absLRP's per-example normalisation: elsewhere it
+    is a positive rescaling that later normalisations cancel (see ``lrpfx.rules.abslrp``)."""
+    n = node
+    while True:
+        if sum(_occurrences(u, n) for u in n.users if u in facts.relevant) > 1:
+            return True
+        st = status.get(n.name)
+        if n.op == "placeholder" or st in (RULE, SOURCE):
+            return False
+        if st != S_PASS:
+            return True
+        ins = [a for a in n.all_input_nodes if a in facts.relevant]
+        if len(ins) != 1:
+            return True
+        n = ins[0]
+
+
+def _occurrences(user: fx.Node, node: fx.Node) -> int:
+    """How often ``node`` is an argument of ``user`` (``x * x`` reads x twice)."""
+    count = 0
+
+    def visit(a: Any) -> None:
+        nonlocal count
+        if a is node:
+            count += 1
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                visit(b)
+        elif isinstance(a, dict):
+            for b in a.values():
+                visit(b)
+
+    visit(user.args)
+    visit(user.kwargs)
+    return count
 
 
 def _mutates(node: fx.Node) -> bool:

@@ -5,10 +5,22 @@ For a node ``h = f(x; θ)`` with ``ha = f(|x|; |θ|)`` (DESIGN.md §4.1)::
     s   = R_y / (|h| + EPS)                      (s = R_y for max pooling)
     R_x = x ⊙ VJP_x(h + ha; s),   then   R_x ← R_x / (Σ|R_x| + EPS)   per example, per input
 
-Under the gradient×input contract the rule receives ``G_y`` (so ``R_y = h ⊙ G_y``) and returns
-``G_x = VJP_x(h + ha; s) / (Σ|x ⊙ VJP_x(h + ha; s)| + EPS)``, whose product with ``x`` is the
-normalised ``R_x`` without ever dividing by ``x``. Each op family supplies ``VJP_x(h + ha; s)``
-as a closed form (see ``linear.py``, ``arithmetic.py``, ...) or through :func:`abs_branch_vjp`.
+Under the gradient×input contract the rule receives ``G_y`` (so ``R_y = h ⊙ G_y``) and
+returns ``G_x = VJP_x(h + ha; s) / (Σ|x ⊙ VJP_x| + EPS)``,
+whose product with ``x`` is the normalised ``R_x`` without ever dividing by ``x``. Each op
+family supplies ``VJP_x(h + ha; s)`` as a closed form (``linear.py``, ``arithmetic.py``, ...),
+through :func:`abs_branch_vjp`, or, for element-wise rules, as a factor ``F`` with
+``VJP_x ∝ F ⊙ G_y`` computed once and reused by both backward passes of a contrastive map.
+
+Two exact shortcuts keep the backward close to the cost of a gradient:
+
+- every rule is linear in ``G_y`` and the normalisation only rescales each example by a
+  positive number, so along a chain the normalisations cancel: an input is normalised only where
+  relevance from several readers is summed (``RuleCall.normalize``, set by the rewrite pass);
+  ``explain`` normalises the final map. Positive constant factors (the 2 of ``2 x⁺ s``) are
+  dropped for the same reason.
+- ``s = R_y / (|h| + EPS) = G_y ⊙ h / (|h| + EPS)``: the ratio is computed once per forward
+  and shared by both backward passes.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, per_example_l1
+from lrpfx.rules.base import EPS, RuleCall, reduce_to, safe_l1
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -30,6 +42,7 @@ class AbsLRPFunction(torch.autograd.Function):
     def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
         out = call.op(**call.arguments(inputs))
         ctx.call = call
+        ctx.cache = None  # per-forward tensors shared by the backward passes
         ctx.save_for_backward(*inputs, out)
         return out
 
@@ -38,15 +51,32 @@ class AbsLRPFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         *inputs, out = ctx.saved_tensors
         call: RuleCall = ctx.call
-        r = out * grad
-        s = r / (out.abs() + EPS) if call.spec.divide else r
+        spec = call.spec
         named = dict(zip(call.relevant + call.runtime, inputs))
-        vjps = call.spec.vjp(call, named, s, out)
+        if spec.diag is not None:
+            if ctx.cache is None:
+                ctx.cache = spec.diag(call, named, out)
+            vjps = {k: reduce_to(grad * f, named[k]) for k, f in ctx.cache.items()}
+        else:
+            if spec.divide:
+                if ctx.cache is None:
+                    ctx.cache = stabilised_ratio(out)
+                s = grad * ctx.cache
+            else:
+                s = grad * out
+            vjps = spec.vjp(call, named, s, out)
         grads = []
         for name in call.relevant:
             v = vjps[name]
-            grads.append(v / (per_example_l1(named[name] * v) + EPS))
+            if name in call.normalize:
+                v = v / safe_l1(named[name] * v)
+            grads.append(v)
         return (None, *grads, *[None] * len(call.runtime))
+
+
+def stabilised_ratio(out: Tensor) -> Tensor:
+    """``h / (|h| + EPS)``: with it ``s = R_y / (|h| + EPS) = G_y ⊙ h / (|h| + EPS)``."""
+    return out / (out.abs() + EPS)
 
 
 def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor

@@ -16,37 +16,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction
-from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
+from lrpfx.rules.base import RuleCall, RuleSpec
 
 
-def _add_vjp(sign_other: float):
-    def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-) -> dict[str, Tensor]:
-        grads = {}
-        for name in call.relevant:
-            x = inputs[name]
-            factor = 1.0 if name == "input" else sign_other
-            grads[name] = reduce_to(factor * (1 + torch.sign(x)) * s, x)
-        return grads
+def _add_diag(sign_other: float):
+    def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+        # (1 + sign a) ⊙ s, s = G ⊙ y/(|y|+ε): 2 [a > 0] y/(|y|+ε) G (negated for b in a − b)
+        sgn = stabilised_ratio(out)
+        return {name: sgn * (inputs[name] > 0).to(out.dtype)
+                * (1.0 if name == "input" else sign_other) for name in call.relevant}
 
-    return vjp
+    return diag
 
 
-def _mul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-) -> dict[str, Tensor]:
+def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+    # (b + sign(a)|b|) ⊙ s = 2 b [a b > 0] ⊙ s
     args = call.arguments(inputs)
-    grads = {}
+    sgn = stabilised_ratio(out)
+    factors = {}
     for name in call.relevant:
         x = inputs[name]
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
-            other = torch.as_tensor(other, dtype=s.dtype, device=s.device)
-        grads[name] = reduce_to((other + torch.sign(x) * other.abs()) * s, x)
-    return grads
+            other = torch.as_tensor(other, dtype=out.dtype, device=out.device)
+        factors[name] = sgn * other * ((x * other) > 0).to(out.dtype)
+    return factors
 
 
-ABSLRP.register(RuleSpec("add", AbsLRPFunction, _add_vjp(1.0), relevance_args=("input", "other")))
-ABSLRP.register(RuleSpec("sub", AbsLRPFunction, _add_vjp(-1.0),
+ABSLRP.register(RuleSpec("add", AbsLRPFunction, None, diag=_add_diag(1.0),
                          relevance_args=("input", "other")))
-ABSLRP.register(RuleSpec("mul", AbsLRPFunction, _mul_vjp, relevance_args=("input", "other")))
+ABSLRP.register(RuleSpec("sub", AbsLRPFunction, None, diag=_add_diag(-1.0),
+                         relevance_args=("input", "other")))
+ABSLRP.register(RuleSpec("mul", AbsLRPFunction, None, diag=_mul_diag,
+                         relevance_args=("input", "other")))

@@ -30,8 +30,18 @@ def per_example_l1(t: Tensor) -> Tensor:
 
 
 def unit_l1(t: Tensor) -> Tensor:
-    """Scale each example of ``t`` to ``Σ|t| = 1`` (the reference's ``SUM_TO_ONE``)."""
-    return t / (per_example_l1(t) + EPS)
+    """Scale each example of ``t`` to ``Σ|t| = 1`` (the reference's ``SUM_TO_ONE``).
+
+    Scale-invariant (all-zero examples stay zero): the reference adds ``EPS`` to ``Σ|t|``, which
+    at its unit scale is a relative 1e-9; lrpfx skips normalisations that cancel, so its
+    magnitudes are not at unit scale and a fixed ``EPS`` would not be negligible."""
+    return t / safe_l1(t)
+
+
+def safe_l1(t: Tensor) -> Tensor:
+    """:func:`per_example_l1`, with 1 where it is 0."""
+    total = per_example_l1(t)
+    return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def unit_max(t: Tensor) -> Tensor:
@@ -74,12 +84,16 @@ class RuleSpec:
 
     op: str
     function: type[torch.autograd.Function]
-    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
+    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]] | None
     relevance_args: tuple[str, ...] = ("input",)
     derive: Callable[[RuleCall], dict[str, Tensor]] | None = None
     divide: bool = True
     name: str = ""
     """Human-readable rule name for reports (default: the rule set's name)."""
+    diag: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
+    """Element-wise rules: ``diag(call, inputs, out) -> {name: F}`` with
+    ``VJP_name(h + ha; s) ∝ F ⊙ G_y`` (positive per-example factors dropped). Computed once per
+    forward and shared by the backward passes; replaces ``vjp`` and ``divide``."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
 
@@ -104,8 +118,12 @@ class RuleCall(nn.Module):
         node: str = "",
         source: str = "",
         runtime: tuple[str, ...] = (),
+        normalize: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
+        # inputs whose relevance is summed with other contributions: only these need the
+        # per-example normalisation (see lrpfx.rules.abslrp); None means all
+        self.normalize = frozenset(relevant) if normalize is None else normalize
         self.spec = spec
         self.op = op
         self.relevant = relevant

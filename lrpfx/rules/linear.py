@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 Transpose = Callable[[RuleCall, Tensor, Tensor, Tensor], Tensor]
@@ -35,10 +35,6 @@ def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Ten
 
 def _linear_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
     return s @ weight
-
-
-def _bn_transpose(call: RuleCall, x: Tensor, s: Tensor, scale: Tensor) -> Tensor:
-    return s * scale.reshape(1, -1, *[1] * (x.dim() - 2))
 
 
 def _weight(call: RuleCall) -> Tensor:
@@ -60,16 +56,24 @@ def _linear_family(op: str, transpose: Transpose, weight: Callable[[RuleCall], T
         return {"abs_weight": w.abs()}
 
     def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-) -> dict[str, Tensor]:
+            ) -> dict[str, Tensor]:
         x = inputs["input"]
-        if "input" in call.nonneg:
-            return {"input": 2 * transpose(call, x, s, call.derived("pos_weight"))}
+        if "input" in call.nonneg:  # 2 W⁺ᵀ s, the constant 2 dropped
+            return {"input": transpose(call, x, s, call.derived("pos_weight"))}
         plain = transpose(call, x, s, weight(call))
-        return {"input": plain + torch.sign(x) * transpose(call, x, s, call.derived("abs_weight"))}
+        absolute = transpose(call, x, s, call.derived("abs_weight"))
+        return {"input": torch.addcmul(plain, torch.sign(x), absolute)}
 
     ABSLRP.register(RuleSpec(op, AbsLRPFunction, vjp, derive=derive))
 
 
+def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+    # (a + sign(x)|a|) ⊙ s, s = G ⊙ y/(|y|+ε): 2 a [x a > 0] y/(|y|+ε) G
+    x = inputs["input"]
+    a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
+    return {"input": stabilised_ratio(out) * a * ((x * a) > 0).to(out.dtype)}
+
+
 _linear_family("conv", _conv_transpose, _weight)
 _linear_family("linear", _linear_transpose, _weight)
-_linear_family("batch_norm", _bn_transpose, _bn_scale)
+ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag))
