@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, reduce_to, safe_l1
+from lrpfx.rules.base import EPS, RuleCall, safe_l1
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -42,36 +42,50 @@ class AbsLRPFunction(torch.autograd.Function):
     def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
         out = call.op(**call.arguments(inputs))
         ctx.call = call
-        ctx.cache = None  # per-forward tensors shared by the backward passes
-        ctx.save_for_backward(*inputs, out)
+        if not any(ctx.needs_input_grad[1:]):
+            return out  # a plain forward: nothing to prepare
+        spec = call.spec
+        named = dict(zip(call.relevant + call.runtime, inputs))
+        ctx.shapes = {k: named[k].shape for k in call.relevant}
+        # computed once here, shared by both backward passes of a contrastive map; only what
+        # the backward reads is kept
+        kept = [named[k] for k in call.relevant if k in call.normalize]
+        if spec.diag is not None:
+            factors = spec.diag(call, named, out)
+            ctx.factor_names = tuple(factors)
+            ctx.save_for_backward(*factors.values(), *kept)
+        else:
+            scale = stabilised_ratio(out) if spec.divide else out
+            ctx.save_for_backward(*inputs, scale, out if spec.needs_out else None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        *inputs, out = ctx.saved_tensors
         call: RuleCall = ctx.call
         spec = call.spec
-        named = dict(zip(call.relevant + call.runtime, inputs))
+        saved = ctx.saved_tensors
         if spec.diag is not None:
-            if ctx.cache is None:
-                ctx.cache = spec.diag(call, named, out)
-            vjps = {k: reduce_to(grad * f, named[k]) for k, f in ctx.cache.items()}
+            n = len(ctx.factor_names)
+            factors = dict(zip(ctx.factor_names, saved[:n]))
+            kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:]))
+            vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
         else:
-            if spec.divide:
-                if ctx.cache is None:
-                    ctx.cache = stabilised_ratio(out)
-                s = grad * ctx.cache
-            else:
-                s = grad * out
-            vjps = spec.vjp(call, named, s, out)
+            *inputs, scale, out = saved
+            named = dict(zip(call.relevant + call.runtime, inputs))
+            kept = named
+            vjps = spec.vjp(call, named, grad * scale, out)
         grads = []
         for name in call.relevant:
             v = vjps[name]
             if name in call.normalize:
-                v = v / safe_l1(named[name] * v)
+                v = v / safe_l1(kept[name] * v)
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime))
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    return t if t.shape == shape else t.sum_to_size(shape)
 
 
 def stabilised_ratio(out: Tensor) -> Tensor:

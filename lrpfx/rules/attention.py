@@ -53,7 +53,7 @@ def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tenso
     return grads
 
 
-ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, _softmax_vjp))
+ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, _softmax_vjp, needs_out=True))
 # einsum: the same two-operand rule, by local autograd on the formula (no closed form per
 # equation)
 ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,

@@ -88,6 +88,8 @@ class RuleSpec:
     relevance_args: tuple[str, ...] = ("input",)
     derive: Callable[[RuleCall], dict[str, Tensor]] | None = None
     divide: bool = True
+    needs_out: bool = False
+    """``vjp`` reads the op's output (softmax); otherwise it is not kept for the backward."""
     name: str = ""
     """Human-readable rule name for reports (default: the rule set's name)."""
     diag: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
