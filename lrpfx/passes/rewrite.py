@@ -175,19 +175,23 @@ def rewrite(
     attrs: dict[str, Any] = {}
     used_names: set[str] = set()
 
+    def replace(node: fx.Node, prefix: str, module: nn.Module, args: tuple) -> None:
+        name = _unique(f"{prefix}_{node.name}", used_names)
+        attrs[name] = module
+        with graph.inserting_before(node):
+            new = graph.call_module(name, args)
+        new.meta = node.meta
+        facts.relevant.add(new)
+        facts.dynamic.add(new)
+        summed[new] = summed[node]
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
     for node in list(graph.nodes):
         if status.get(node.name) == SOURCE:
-            name = _unique(f"source_{node.name}", used_names)
-            attrs[name] = RelevanceSource(const(node.kwargs["weight"]),
-                                          node.kwargs.get("padding_idx"))
-            with graph.inserting_before(node):
-                new = graph.call_module(name, (node.kwargs["indices"],))
-            new.meta = node.meta
-            facts.relevant.add(new)
-            facts.dynamic.add(new)
-            summed[new] = summed[node]
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            replace(node, "source", RelevanceSource(const(node.kwargs["weight"]),
+                                                    node.kwargs.get("padding_idx")),
+                    (node.kwargs["indices"],))
             continue
         if status.get(node.name) != RULE:
             continue
@@ -206,16 +210,7 @@ def rewrite(
             source=info.module_path, runtime=runtime,
             normalize=frozenset(k for k in relevant if summed[node.kwargs[k]]),
         )
-        name = _unique(f"rule_{node.name}", used_names)
-        attrs[name] = call
-        with graph.inserting_before(node):
-            new = graph.call_module(name, tuple(node.kwargs[k] for k in relevant + runtime))
-        new.meta = node.meta
-        facts.relevant.add(new)
-        facts.dynamic.add(new)
-        summed[new] = summed[node]
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        replace(node, "rule", call, tuple(node.kwargs[k] for k in relevant + runtime))
 
     # drop what no longer feeds the output: constants folded into rules, export's input guard;
     # keep ops that mutate their inputs (masks built by slice assignment)
