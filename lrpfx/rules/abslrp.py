@@ -88,9 +88,12 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t if t.shape == shape else t.sum_to_size(shape)
 
 
-def stabilised_ratio(out: Tensor) -> Tensor:
-    """``h / (|h| + EPS)``: with it ``s = R_y / (|h| + EPS) = G_y ⊙ h / (|h| + EPS)``."""
-    return out / (out.abs() + EPS)
+def stabilised_ratio(out: Tensor, nonneg: bool = False) -> Tensor:
+    """``h / (|h| + EPS)``: with it ``s = R_y / (|h| + EPS) = G_y ⊙ h / (|h| + EPS)``.
+
+    One new tensor, filled in place (large allocations cost as much as a pass on CPU)."""
+    r = out + EPS if nonneg else out.abs().add_(EPS)
+    return torch.div(out, r, out=r)
 
 
 def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor

@@ -24,8 +24,10 @@ def _add_diag(sign_other: float):
     def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         # (1 + sign a) ⊙ s, s = G ⊙ y/(|y|+ε): 2 [a > 0] y/(|y|+ε) G (negated for b in a − b)
         sgn = stabilised_ratio(out)
-        return {name: sgn * (inputs[name] > 0).to(out.dtype)
-                * (1.0 if name == "input" else sign_other) for name in call.relevant}
+        if sign_other < 0:
+            return {name: sgn * (inputs[name] > 0) * (1.0 if name == "input" else -1.0)
+                    for name in call.relevant}
+        return {name: sgn * (inputs[name] > 0) for name in call.relevant}
 
     return diag
 

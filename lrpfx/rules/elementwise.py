@@ -17,12 +17,12 @@ from lrpfx.rules.base import RuleCall, RuleSpec
 
 def _relu_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
     # ([x>0] + sign x) ⊙ y/(|y|+ε) G = 2 y/(|y|+ε) G, as y = 0 wherever x <= 0
-    return {"input": stabilised_ratio(out)}
+    return {"input": stabilised_ratio(out, nonneg=True)}
 
 
 def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
     # (1 + sign x) ⊙ x/(|x|+ε) G = 2 x⁺/(|x|+ε) G
-    return {"input": stabilised_ratio(out).clamp(min=0)}
+    return {"input": stabilised_ratio(out).clamp_(min=0)}
 
 
 ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag))

@@ -71,7 +71,8 @@ def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str
     # (a + sign(x)|a|) ⊙ s, s = G ⊙ y/(|y|+ε): 2 a [x a > 0] y/(|y|+ε) G
     x = inputs["input"]
     a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
-    return {"input": stabilised_ratio(out) * a * ((x * a) > 0).to(out.dtype)}
+    keep = (x * a) > 0
+    return {"input": stabilised_ratio(out).mul_(a).mul_(keep)}
 
 
 _linear_family("conv", _conv_transpose, _weight)
