@@ -410,31 +410,8 @@ def train_digits_cnn(
 ) -> tuple[nn.Module, tuple[Tensor, Tensor], float]:
     """Train (or load from the cache) the small VGG-style digits CNN, :func:`digits_vgg`.
 
-    Parameters
-    ----------
-    cache_dir
-        Directory of cached weights; default ``$LRPFX_CACHE`` or ``./.cache/lrpfx``.
-    seed
-        Seeds the data split, the initialisation and the training (deterministic on CPU).
-    epochs
-        Training epochs (about a second each on one CPU thread at the default size).
-    device
-        Where the model is trained and returned.
-    size
-        Image side length.
-    retrain
-        Ignore (and overwrite) a cached file.
-    progress
-        Show a progress bar while training.
-
-    Returns
-    -------
-    model : nn.Module
-        The trained CNN, in eval mode, on ``device``.
-    (x_test, y_test) : tuple of Tensor
-        The held-out test split (images ``(N, 1, size, size)``, labels ``(N,)``) on ``device``.
-    test_accuracy : float
-        Top-1 accuracy on the test split (about 0.99 with the defaults).
+    ``train_digits_model("vgg", ...)``: see :func:`train_digits_model` for the parameters and
+    the returned ``(model, (x_test, y_test), test_accuracy)`` (about 0.99 with the defaults).
     """
     return train_digits_model("vgg", cache_dir=cache_dir, seed=seed, epochs=epochs, size=size,
                               device=device, retrain=retrain, progress=progress)

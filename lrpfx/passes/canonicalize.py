@@ -182,14 +182,10 @@ def _convolution_aten(a: _Args) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _pool_kernel(v: Any, n: int) -> list[int]:
-    return _tuple(v, n)
-
-
 def _max_pool(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
     if a.get(6, "return_indices", default=False):
         raise _Refuse("max pooling with return_indices=True is not supported")
-    k = _pool_kernel(a.get(1, "kernel_size"), n)
+    k = _tuple(a.get(1, "kernel_size"), n)
     stride = a.get(2, "stride", default=None)
     stride = k if stride is None or stride == [] else _tuple(stride, n)
     return "max_pool", dict(
@@ -201,7 +197,7 @@ def _max_pool(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
 
 
 def _avg_pool(a: _Args, n: int) -> tuple[str, dict[str, Any]]:
-    k = _pool_kernel(a.get(1, "kernel_size"), n)
+    k = _tuple(a.get(1, "kernel_size"), n)
     stride = a.get(2, "stride", default=None)
     stride = k if stride is None or stride == [] else _tuple(stride, n)
     return "avg_pool", dict(
