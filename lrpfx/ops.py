@@ -249,3 +249,32 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     "einsum": ("input", "other"),
 }
 """Arguments of each canonical op that are tensors (or None); the rest are static settings."""
+
+OP_KIND: dict[str, str] = {
+    "conv": "affine", "linear": "affine", "batch_norm": "affine",
+    "add": "sum", "sub": "sum",
+    "avg_pool": "pool", "adaptive_avg_pool": "pool", "mean": "pool", "sum": "pool",
+    "mul": "product", "matmul": "product", "einsum": "product",
+    "max_pool": "max",
+    "dropout": "identity",
+    "layer_norm": "norm",
+    "softmax": "softmax",
+    "embedding": "source",
+} | {name: "activation" for name in (
+    "relu", "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish",
+    "hardsigmoid", "elu", "softplus", "mish", "pow",
+)}
+"""The kind of each canonical op, which rule sets other than absLRP assign rules by:
+
+- ``affine``: linear in its input with constant weight and bias (the LRP z-rules apply);
+- ``sum``: element-wise sum/difference of activations (and constants);
+- ``pool``: linear with non-negative fixed weights (average pooling, mean, sum);
+- ``product``: bilinear in two activations (element-wise product, matmul, einsum);
+- ``max``: max pooling (winner takes all);
+- ``identity``: the identity in eval mode (dropout);
+- ``norm``: normalisation with statistics treated as constants (layer norm, RMS norm);
+- ``softmax``: softmax;
+- ``activation``: element-wise non-linearity ``y = f(x)``;
+- ``source``: where token relevance is read (embedding lookups).
+
+Every canonical op has exactly one kind (a test checks it)."""
