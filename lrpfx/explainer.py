@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -17,7 +17,7 @@ from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
 from lrpfx.report import CoverageReport
-from lrpfx.rules.base import EPS, unit_l1, unit_max
+from lrpfx.rules.base import EPS, RuleCall, unit_l1, unit_max
 from lrpfx.rules.registry import get_ruleset
 
 Target = int | Tensor | Callable[[Any], Tensor] | None
@@ -153,8 +153,10 @@ class Explainer(nn.Module):
         target: Target = None,
         *,
         contrastive: bool | None = None,
+        normalize: bool = True,
+        at: Sequence[str] | None = None,
         **inputs: Any,
-    ) -> Tensor:
+    ) -> Tensor | dict[str, Tensor]:
         """Relevance of each element of ``x`` (or of each token) for the target.
 
         Parameters
@@ -172,14 +174,24 @@ class Explainer(nn.Module):
             negative (DESIGN.md §4.2), each example scaled to ``max|R| = 1``. False: the map from
             the one-hot target only, each example scaled to ``Σ|R| = 1``. A callable target
             gives the positive map only (``contrastive=True`` is an error).
+        normalize
+            False: no scaling; the positive map in the rule set's own units (for conservative
+            rules such as ``lrp0``, ``gradient_x_input``, ``deeplift_rescale``,
+            ``integrated_gradients``: the target logit's share; absLRP's raw scale is arbitrary,
+            its normalisations being deferred) and the contrastive map positive − negative.
+        at
+            Also return relevance at these graph positions, from the same backward pass: module
+            paths of the model (``"layer3"``: relevance at that module's output) or node names
+            of :attr:`graph_module`. Each map is scaled like the input's.
         **inputs
             Further model inputs by keyword (``input_ids``, ``attention_mask``, ...).
 
         Returns
         -------
-        Tensor
+        Tensor or dict
             For a tensor input: the shape of ``x``. For token ids: ``(B, T)``, relevance at the
-            token embeddings summed over the hidden dimension.
+            token embeddings summed over the hidden dimension. With ``at``: a dict with the
+            input's map under ``"input"`` and one map per requested position.
         """
         if callable(target) and not isinstance(target, Tensor):
             if contrastive:
@@ -187,16 +199,22 @@ class Explainer(nn.Module):
                                  "pass contrastive=False or leave it out")
             contrastive = False
         contrastive = True if contrastive is None else contrastive
-        parts = self.explain_parts(x, target, negative=contrastive, **inputs)
-        return parts.contrastive if contrastive else parts.positive
+        parts = self.explain_parts(x, target, negative=contrastive, normalize=normalize, at=at,
+                                   **inputs)
+        result = parts.contrastive if contrastive else parts.positive
+        if at is None:
+            return result
+        return {"input": result, **{k: v.contrastive if contrastive else v.positive
+                                    for k, v in parts.at.items()}}
 
     def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
-                      negative: bool = True, **inputs: Any) -> Explanation:
+                      negative: bool = True, normalize: bool = True,
+                      at: Sequence[str] | None = None, **inputs: Any) -> Explanation:
         """Everything :meth:`explain` computes, from one forward pass.
 
         Parameters
         ----------
-        x, target, inputs
+        x, target, normalize, at, inputs
             As in :meth:`explain`.
         negative
             Also run the backward pass from the uniform non-target seed (needed for the
@@ -207,7 +225,8 @@ class Explainer(nn.Module):
         Explanation
             ``positive`` and ``negative`` maps (unit L1 per example), ``contrastive``
             (positive − negative, scaled to max |R| = 1; None without ``negative``),
-            the model's ``logits`` (or raw output for a callable target) and ``target``.
+            the model's ``logits`` (or raw output for a callable target), ``target``, and the
+            maps at the ``at`` positions.
         """
         args, kwargs, explained = _explained_call(x, inputs)
         kwargs = call_kwargs(self._model, kwargs)
@@ -221,28 +240,116 @@ class Explainer(nn.Module):
             args = tuple(_to32(a) for a in args)
             kwargs = {k: _to32(v) for k, v in kwargs.items()}
             value = args[0] if args else kwargs[explained]
+        if at:
+            gm, taps = _tapped(gm, tuple(at))
+        else:
+            taps = {}
         probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
-        with torch.enable_grad(), _armed(probes) as leaves:
-            if not probes:
-                leaf = value.detach().requires_grad_(True)
-                leaves.append(leaf)
-                args, kwargs = ((leaf, *args[1:]), kwargs) if args else (
-                    args, {**kwargs, explained: leaf})
-            raw = _run(gm, args, kwargs, value)
-            out, seeds, target_t = self._seeds(raw, target, negative)
-            maps = []
-            for i, seed in enumerate(seeds):
-                grads = torch.autograd.grad(out, leaves, seed, retain_graph=i + 1 < len(seeds))
-                r = sum(leaf.detach() * g for leaf, g in zip(leaves, grads))
-                maps.append(unit_l1(r.sum(-1) if probes else r))
-        neg = maps[1] if negative else None
-        contrastive = None if neg is None else unit_max(maps[0] - neg)
+        mode = self.ruleset.attribution
+        if mode in ("baseline", "integral") and probes:
+            raise ValueError(f"rule set {self.ruleset.name!r} needs a floating-point input "
+                             "(a baseline to integrate from); token ids have none")
+        if mode == "integral":
+            if at:
+                raise ValueError("integrated_gradients has no relevance at inner nodes (at=)")
+            maps, out, target_t = self._integrated(gm, args, kwargs, explained, value, target,
+                                                    negative)
+            inner: list[dict[str, Tensor]] = [{} for _ in maps]
+        else:
+            baseline = None
+            if mode == "baseline":
+                baseline = self._baseline(value)
+                with torch.no_grad(), _recording(gm):
+                    _run(gm, *_with_value(args, kwargs, explained, baseline), value)
+            with torch.enable_grad(), _armed(probes) as leaves, _armed(taps.values()) as tapped:
+                if not probes:
+                    leaf = value.detach().requires_grad_(True)
+                    leaves.append(leaf)
+                    args, kwargs = _with_value(args, kwargs, explained, leaf)
+                raw = _run(gm, args, kwargs, value)
+                out, seeds, target_t = self._seeds(raw, target, negative)
+                maps, inner = [], []
+                for i, seed in enumerate(seeds):
+                    grads = torch.autograd.grad(out, [*leaves, *tapped], seed,
+                                                retain_graph=i + 1 < len(seeds),
+                                                allow_unused=True)
+                    gl, gt = grads[:len(leaves)], grads[len(leaves):]
+                    if mode == "gradient":
+                        r = sum(gl)
+                    elif mode == "baseline":
+                        r = (leaves[0].detach() - baseline) * gl[0]
+                    elif getattr(gm, "input_relevance", False):
+                        r = sum(gl)
+                    else:
+                        r = sum(leaf.detach() * g for leaf, g in zip(leaves, gl))
+                    maps.append(r.sum(-1) if probes else r)
+                    inner.append({name: (t.detach() * g if g is not None
+                                         else torch.zeros_like(t))
+                                  for name, t, g in zip(taps, tapped, gt)})
+
+        def parts(pos: Tensor, neg: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+            if normalize:
+                pos, neg = unit_l1(pos), None if neg is None else unit_l1(neg)
+                con = None if neg is None else unit_max(pos - neg)
+            else:
+                con = None if neg is None else pos - neg
+            return cast(pos), cast(neg), cast(con)
 
         def cast(t: Tensor | None) -> Tensor | None:  # after the subtraction: it cancels a lot
             return t if t is None or out_dtype is None else t.to(out_dtype)
 
-        return Explanation(positive=cast(maps[0]), negative=cast(neg),
-                           contrastive=cast(contrastive), logits=out.detach(), target=target_t)
+        positive, neg, contrastive = parts(maps[0], maps[1] if negative else None)
+        at_maps = {name: NodeMaps(*parts(inner[0][name], inner[1][name] if negative else None))
+                   for name in taps}
+        return Explanation(positive=positive, negative=neg, contrastive=contrastive,
+                           logits=out.detach(), target=target_t, at=at_maps)
+
+    def _baseline(self, value: Tensor) -> Tensor:
+        b = self.ruleset.options.get("baseline")
+        if b is None:
+            return torch.zeros_like(value)
+        b = torch.as_tensor(b, dtype=value.dtype, device=value.device)
+        try:
+            return b.expand_as(value)
+        except RuntimeError:
+            raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to the "
+                             f"input's shape {tuple(value.shape)}") from None
+
+    def _integrated(self, gm: nn.Module, args: tuple, kwargs: dict[str, Any],
+                    explained: str | None, value: Tensor, target: Target, negative: bool
+                    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Integrated gradients: Gauss–Legendre nodes on [0, 1], path points batched."""
+        import numpy as np
+
+        steps = int(self.ruleset.options["steps"])
+        chunk = self.ruleset.options.get("internal_batch_size") or steps * value.shape[0]
+        per = max(1, chunk // value.shape[0])
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        alphas = torch.as_tensor((nodes + 1) / 2, dtype=value.dtype, device=value.device)
+        weights = torch.as_tensor(weights / 2, dtype=value.dtype, device=value.device)
+        baseline = self._baseline(value)
+        delta = value.detach() - baseline
+        with torch.no_grad():
+            out, seeds, target_t = self._seeds(_run(gm, args, kwargs, value), target, negative)
+        b = value.shape[0]
+        total = [torch.zeros_like(value) for _ in seeds]
+        for start in range(0, steps, per):
+            a = alphas[start:start + per]
+            k = len(a)
+            path = (baseline + a.reshape(-1, *[1] * value.dim()) * delta).reshape(
+                k * b, *value.shape[1:]).requires_grad_(True)
+            rest = {n: v.repeat(k, *[1] * (v.dim() - 1)) if isinstance(v, Tensor)
+                    and v.dim() and v.shape[0] == b else v for n, v in kwargs.items()}
+            p_args, p_kwargs = _with_value(
+                tuple(v.repeat(k, *[1] * (v.dim() - 1)) for v in args), rest, explained, path)
+            with torch.enable_grad():
+                logits = _logits(_run(gm, p_args, p_kwargs, value))
+                for i, seed in enumerate(seeds):
+                    (g,) = torch.autograd.grad(logits, path, seed.repeat(k, 1),
+                                               retain_graph=i + 1 < len(seeds))
+                    w = weights[start:start + per].reshape(-1, *[1] * value.dim())
+                    total[i] += (g.reshape(k, *value.shape) * w).sum(0)
+        return [delta * t for t in total], out, target_t
 
     def _float32(self, gm: nn.Module) -> nn.Module:
         """A float32 copy of a half/bfloat16 compiled graph, made once."""
@@ -270,6 +377,8 @@ class Explainer(nn.Module):
             if out.shape[1] < 2:
                 raise ValueError("a contrastive map needs at least two classes")
             seeds.append((1 - positive) / (out.shape[1] - 1))
+        if self.ruleset.seed == "gradient":  # G_out = seed, so R_out = out ⊙ seed
+            return out, seeds, target_t
         if self.ruleset.options.get("mask_negative_logits"):
             # the absLRP identity rule applied to the logits (DESIGN.md §4.1 with f = id)
             keep = 2 * out.detach().clamp(min=0) / (out.detach().abs() + EPS)
@@ -287,6 +396,16 @@ class Explanation(NamedTuple):
     contrastive: Tensor | None
     logits: Tensor
     target: Tensor
+    at: dict[str, NodeMaps] = {}
+    """Maps at the positions requested with ``at``, by the name given."""
+
+
+class NodeMaps(NamedTuple):
+    """Positive, negative and contrastive maps at one graph position."""
+
+    positive: Tensor
+    negative: Tensor | None
+    contrastive: Tensor | None
 
 
 def _low_precision(gm: nn.Module) -> bool:
@@ -299,8 +418,95 @@ def _to32(v: Any) -> Any:
         else v
 
 
+class _Tap(nn.Module):
+    """Identity on a graph position named in ``explain(..., at=...)``; when armed, its output
+    (whose gradient is the total ``G`` arriving at that tensor) is collected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed: list[Tensor] | None = None
+
+    def forward(self, t: Tensor) -> Tensor:
+        if self.armed is None:
+            return t
+        out = t.view_as(t)
+        self.armed.append(out)
+        return out
+
+
+def _tapped(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict[str, _Tap]]:
+    """A copy of ``gm`` (sharing its modules and tensors) with a tap after each position."""
+    cache = gm.__dict__.setdefault("_lrpfx_taps", {})
+    if names in cache:
+        return cache[names]
+    graph = copy.deepcopy(gm.graph)
+    nodes = {n.name: n for n in graph.nodes}
+    taps: dict[str, _Tap] = {}
+    root = {name: mod for name, mod in gm.named_children()}
+    for name in names:
+        node = _position(graph, nodes, name)
+        tap = taps[name] = _Tap()
+        target = f"lrpfx_tap_{len(taps)}"
+        root[target] = tap
+        with graph.inserting_after(node):
+            new = graph.call_module(target, (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
+    for n in graph.nodes:
+        if n.op == "get_attr":
+            root[n.target] = _attr(gm, n.target)
+    out = fx.GraphModule(root, graph, class_name="LRPGraphModule")
+    out.input_relevance = getattr(gm, "input_relevance", False)
+    cache[names] = (out, taps)
+    return out, taps
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _position(graph: fx.Graph, nodes: dict[str, fx.Node], name: str) -> fx.Node:
+    """The node for ``name``: a node name, or the output of the model's module at that path."""
+    if name in nodes and nodes[name].op not in ("placeholder", "output"):
+        return nodes[name]
+    inside = [n for n in graph.nodes if "lrpfx" in n.meta and (
+        n.meta["lrpfx"].module_path == name or n.meta["lrpfx"].module_path.startswith(name + "."))]
+    members = set(inside)
+    outputs = [n for n in inside if n.meta["lrpfx"].extra.get("relevant")
+               and any(u not in members for u in n.users)]
+    if not outputs:
+        paths = sorted({n.meta["lrpfx"].module_path.split(".")[0] for n in graph.nodes
+                        if "lrpfx" in n.meta and n.meta["lrpfx"].module_path})
+        raise ValueError(f"no relevance-carrying module or node called {name!r}; top-level "
+                         f"modules on the relevance path: {', '.join(paths) or 'none'}")
+    return outputs[-1]
+
+
+def _with_value(args: tuple, kwargs: dict[str, Any], explained: str | None, value: Tensor
+                ) -> tuple[tuple, dict[str, Any]]:
+    """The call's inputs with the explained input replaced by ``value``."""
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, explained: value}
+
+
 @contextmanager
-def _armed(probes: list[RelevanceSource]) -> Iterator[list[Tensor]]:
+def _recording(gm: nn.Module) -> Iterator[None]:
+    """Rules that need the baseline's activations (DeepLIFT) record them during this run."""
+    calls = [m for m in gm.modules() if isinstance(m, RuleCall)]
+    for c in calls:
+        c.recording = True
+    try:
+        yield
+    finally:
+        for c in calls:
+            c.recording = False
+
+
+@contextmanager
+def _armed(probes: Iterable[nn.Module]) -> Iterator[list[Tensor]]:
     leaves: list[Tensor] = []
     for p in probes:
         p.armed = leaves

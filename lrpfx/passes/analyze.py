@@ -42,6 +42,8 @@ class GraphFacts:
     """Relevant nodes read by more than one relevant node, with their number of readers."""
     merges: list[fx.Node] = field(default_factory=list)
     """``add`` nodes both of whose operands carry relevance (residual merges)."""
+    first: set[fx.Node] = field(default_factory=set)
+    """Canonical nodes that a source reaches through data movement only (first layers)."""
 
 
 def _operands(node: fx.Node) -> list[fx.Node]:
@@ -154,6 +156,7 @@ def analyze(graph: fx.Graph, inputs: list[fx.Node] | None = None) -> GraphFacts:
         if info.canonical == "add" and len(ins) == 2:
             facts.merges.append(node)
         info.extra["nonneg"] = node in facts.nonneg
+    facts.first = _first_layers(facts)
     for node in graph.nodes:
         info = node.meta["lrpfx"]
         info.extra["relevant"] = node in facts.relevant
@@ -162,6 +165,22 @@ def analyze(graph: fx.Graph, inputs: list[fx.Node] | None = None) -> GraphFacts:
                 k for k, v in node.kwargs.items() if isinstance(v, fx.Node) and v in facts.nonneg
             }
     return facts
+
+
+def _first_layers(facts: GraphFacts) -> set[fx.Node]:
+    first: set[fx.Node] = set()
+    frontier = list(facts.sources)
+    seen = set(frontier)
+    while frontier:
+        for user in frontier.pop().users:
+            if user in seen or user not in facts.relevant:
+                continue
+            seen.add(user)
+            if user.meta["lrpfx"].kind == CANONICAL:
+                first.add(user)
+            elif user.meta["lrpfx"].kind == PASSTHROUGH:
+                frontier.append(user)
+    return first
 
 
 def _negates(node: fx.Node) -> bool:

@@ -101,7 +101,7 @@ def _classify(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> tuple[str, 
     if info.kind == PASSTHROUGH:
         return S_PASS, "passthrough", None
     if info.kind == CANONICAL:
-        spec = ruleset.get(info.canonical)
+        spec = select_spec(node, ruleset, facts)
         if spec is None:
             return UNSUPPORTED, "none", f"no {ruleset.name!r} rule for {info.canonical}"
         bad = [k for k, v in node.kwargs.items()
@@ -111,6 +111,12 @@ def _classify(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> tuple[str, 
                 f"argument(s) {', '.join(bad)} depend on the input; the rule needs them constant")
         return RULE, spec.name, None
     return UNSUPPORTED, "none", info.problem or "no canonical op for this spelling"
+
+
+def select_spec(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> RuleSpec | None:
+    """The rule for a canonical node, given its position (first layer, residual merge)."""
+    return ruleset.select(node.meta["lrpfx"].canonical, first=node in facts.first,
+                          merge=node in facts.merges)
 
 
 def build_report(
@@ -171,6 +177,11 @@ def rewrite(
         )
     status = {n.node: n.status for n in report.nodes}
     summed = {node: _contributions_summed(node, facts, status) for node in facts.relevant}
+    # a first-layer rule that returns relevance (flat, w²) makes every first layer do so, and
+    # the explainer read the input's "gradient" as relevance
+    input_relevance = any(status.get(n.name) == RULE
+                          and select_spec(n, ruleset, facts).returns_relevance
+                          for n in facts.first)
     const = _ConstantEvaluator(root)
     attrs: dict[str, Any] = {}
     used_names: set[str] = set()
@@ -196,7 +207,7 @@ def rewrite(
         if status.get(node.name) != RULE:
             continue
         info = node.meta["lrpfx"]
-        spec: RuleSpec = ruleset.get(info.canonical)
+        spec: RuleSpec = select_spec(node, ruleset, facts)
         relevant = tuple(k for k, v in node.kwargs.items()
                          if isinstance(v, fx.Node) and v in facts.relevant)
         runtime = tuple(k for k, v in node.kwargs.items() if isinstance(v, fx.Node)
@@ -210,6 +221,8 @@ def rewrite(
             source=info.module_path, runtime=runtime,
             normalize=frozenset(k for k in relevant if summed[node.kwargs[k]]),
         )
+        if input_relevance and node in facts.first:
+            call.as_relevance = frozenset(relevant)
         replace(node, "rule", call, tuple(node.kwargs[k] for k in relevant + runtime))
 
     # drop what no longer feeds the output: constants folded into rules, export's input guard;
@@ -226,6 +239,7 @@ def rewrite(
             attrs[node.target] = _copy_module(root.get_submodule(node.target))
     graph.lint()
     gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
+    gm.input_relevance = input_relevance
     return gm, report
 
 

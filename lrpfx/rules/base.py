@@ -98,6 +98,12 @@ class RuleSpec:
     forward and shared by the backward passes; replaces ``vjp`` and ``divide``."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The rule set's options (ε, α, β, ...), for rules that read them."""
+    returns_relevance: bool = False
+    """The backward returns ``R_x`` itself, not ``G_x`` (flat and w² rules, whose relevance has
+    no factor ``x``); allowed at first layers only, where the explainer reads the input's
+    "gradient" as relevance."""
 
 
 class RuleCall(nn.Module):
@@ -126,6 +132,9 @@ class RuleCall(nn.Module):
         # inputs whose relevance is summed with other contributions: only these need the
         # per-example normalisation (see lrpfx.rules.abslrp); None means all
         self.normalize = frozenset(relevant) if normalize is None else normalize
+        # inputs whose backward returns relevance, not gradient (first layers of a graph whose
+        # input relevance is read directly, see RuleSpec.returns_relevance)
+        self.as_relevance: frozenset[str] = frozenset()
         self.spec = spec
         self.op = op
         self.relevant = relevant
@@ -174,12 +183,36 @@ class RuleCall(nn.Module):
 
 @dataclass
 class RuleSet:
-    """A named mapping from canonical op to :class:`RuleSpec`."""
+    """A named mapping from canonical op to :class:`RuleSpec`, plus how the explainer seeds and
+    reads the backward pass for this rule set.
+
+    Attributes
+    ----------
+    seed
+        ``"relevance"``: the output relevance is the (unit) seed itself, ``G_out = seed / out``
+        (absLRP). ``"gradient"``: the output gradient is the seed, so ``R_out = out ⊙ seed``
+        (classic LRP starts from the logit ``f_c(x)``; the gradient family is a gradient).
+    attribution
+        How the map is read at the input: ``"relevance"`` (``x ⊙ G_x``), ``"gradient"``
+        (``G_x``), ``"baseline"`` (DeepLIFT: the graph runs on ``[x; x̄]``, map
+        ``(x − x̄) ⊙ G_x``), ``"integral"`` (integrated gradients along ``x̄ → x``).
+    first, merge
+        Specs that replace ``specs`` at first layers (rule-bearing nodes the explained input
+        reaches through data movement only) and at residual merges (``add`` of two activations).
+    """
 
     name: str
     specs: dict[str, RuleSpec] = field(default_factory=dict)
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    seed: str = "relevance"
+    attribution: str = "relevance"
+    first: dict[str, RuleSpec] = field(default_factory=dict)
+    merge: dict[str, RuleSpec] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], None] | None = None
+    """Checks option values (raises ``ValueError``)."""
+    build: Callable[..., RuleSet] | None = None
+    """Builds the rule set anew from options (composites, whose options go to constituents)."""
 
     def register(self, spec: RuleSpec) -> RuleSpec:
         if spec.op in self.specs:
@@ -190,4 +223,12 @@ class RuleSet:
         return spec
 
     def get(self, op: str) -> RuleSpec | None:
+        return self.specs.get(op)
+
+    def select(self, op: str, *, first: bool = False, merge: bool = False) -> RuleSpec | None:
+        """The spec for ``op`` at a node in the given position (first layer, residual merge)."""
+        if first and op in self.first:
+            return self.first[op]
+        if merge and op in self.merge:
+            return self.merge[op]
         return self.specs.get(op)

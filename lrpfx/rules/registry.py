@@ -3,9 +3,10 @@ rule sets here; :func:`get_ruleset` builds a rule set with options."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from lrpfx.rules.base import RuleSet
+from lrpfx.rules.base import RuleSet, RuleSpec
 
 RULESETS: dict[str, RuleSet] = {
     "abslrp": RuleSet(
@@ -52,7 +53,15 @@ def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
                          f"options: {sorted(base.options)}")
     if not options:
         return base
+    if base.build is not None:
+        return base.build(**options)
     merged = {**base.options, **options}
-    specs = {op: spec.configure(spec, merged) if spec.configure else spec
-             for op, spec in base.specs.items()}
-    return RuleSet(base.name, specs, base.description, merged)
+    if base.validate is not None:
+        base.validate(merged)
+
+    def configured(specs: dict[str, RuleSpec]) -> dict[str, RuleSpec]:
+        return {op: spec.configure(spec, merged) if spec.configure else spec
+                for op, spec in specs.items()}
+
+    return replace(base, specs=configured(base.specs), first=configured(base.first),
+                   merge=configured(base.merge), options=merged)

@@ -1,0 +1,378 @@
+"""Classic LRP: LRP-0, LRP-ε, LRP-αβ, LRP-z⁺, and flat / w² for first layers (Bach et al. 2015;
+Montavon et al., "Layer-wise relevance propagation: an overview", 2019), written once per op
+kind (:data:`lrpfx.ops.OP_KIND`), so every canonical op gets a rule in every set.
+
+Under the gradient×input contract (DESIGN.md §3) a rule returns ``G_x`` with
+``x ⊙ G_x = R_x``; ``R_y = y ⊙ G_y``. With ``ρ_ε(y) = y / (y + ε·sign y)`` (``sign 0 = 1``):
+
+- ``affine``, ``pool``, ``sum`` (``y = L x + b``), the z-rules::
+
+      R_x = x ⊙ Lᵀ(R_y / (y + ε sign y))        G_x = Lᵀ(G_y ⊙ ρ_ε(y))
+
+  (``Lᵀ`` is the op's own input-VJP: LRP-0 is the gradient at linear ops).
+- ``norm`` (layer norm; batch norm is ``affine``): statistics are constants, ``y = a ⊙ x + c``
+  with ``a = γ/σ``: ``G_x = a ⊙ G_y ⊙ ρ_ε(y)`` (conservative layer norm, Ali et al. 2022).
+- ``activation``: relevance passes unchanged, ``R_x = R_y``: ``G_x = G_y ⊙ f(x)/x``
+  (Ancona et al. 2018: ε-LRP replaces ``f'`` by ``f(z)/z``).
+- ``product`` of two activations: the uniform rule of AttnLRP (Achtibat et al. 2024), each
+  operand gets half of the z-rule relevance; with one constant operand, the z-rule.
+- ``max``, ``softmax``, ``identity``: the gradient (winner takes all; AttnLRP's softmax rule
+  ``R_x = x ⊙ (R_y − y ΣR_y)`` is exactly Gradient×Input; dropout is the identity in eval).
+- LRP-αβ (``affine``, ``pool``, ``sum``, ``norm``), with contributions ``z_ij = x_i w_ij`` and
+  ``z_j^± = Σ_i z_ij^± + b_j^±``::
+
+      R_i = Σ_j (α z_ij⁺ / z_j⁺ − β z_ij⁻ / z_j⁻) R_j            (α − β = 1)
+
+  LRP-z⁺ is α1β0 without biases (``z_j⁺ = Σ_i z_ij⁺``).
+- first layers: flat ``R_i = Σ_j R_j / Σ_i' 1`` and w² ``R_i = Σ_j w_ij² / Σ_i' w_i'j² R_j``
+  (Montavon et al. 2017), which have no factor ``x_i``: these return ``R_x`` itself.
+- residual merges (option ``residual``, Otsuki et al., ECCV 2024): ``y = a + b`` splits ``R_y``
+  by ``|a| : |b|`` (``"ratio"``) or in halves (``"symmetric"``), so ``R_a + R_b = R_y``
+  element-wise (where an operand is exactly 0 it cannot carry relevance under the contract and
+  the other takes all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from lrpfx import ops
+from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec, reduce_to
+from lrpfx.rules.linear import _bn_scale, _conv_transpose, _linear_transpose
+from lrpfx.rules.registry import RULESETS
+
+Vjp = Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
+
+
+class LRPFunction(torch.autograd.Function):
+    """Forward: the op unchanged. Backward: ``spec.vjp(call, inputs, G_y, y) -> {name: G_x}``
+    (or ``R_x`` for first-layer rules, see :attr:`RuleSpec.returns_relevance`)."""
+
+    @staticmethod
+    def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
+        out = call.op(**call.arguments(inputs))
+        ctx.call = call
+        if any(ctx.needs_input_grad[1:]):
+            ctx.save_for_backward(*inputs, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        call: RuleCall = ctx.call
+        *inputs, out = ctx.saved_tensors
+        named = dict(zip(call.relevant + call.runtime, inputs))
+        grads = call.spec.vjp(call, named, grad, out)
+        result = []
+        for name in call.relevant:
+            g = reduce_to(grads[name], named[name])
+            if name in call.as_relevance and not call.spec.returns_relevance:
+                g = named[name] * g
+            result.append(g)
+        return (None, *result, *[None] * len(call.runtime))
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _sign0(t: Tensor) -> Tensor:
+    """``sign`` with ``sign 0 = 1``: the ε stabiliser pushes ``z`` away from 0 either way."""
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+
+
+def _rho(out: Tensor, eps: float) -> Tensor:
+    """``y / (y + ε sign y)``: 1 for LRP-0 (no division, no 0/0 at ``y = 0``)."""
+    if eps == 0:
+        return torch.ones_like(out)
+    return out / (out + eps * _sign0(out))
+
+
+def _safe_div(a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)),
+                       torch.zeros_like(a))
+
+
+def _local_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor,
+               names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """``Lᵀ s``: the op's VJP by local autograd (ops linear in each input: pooling, products)."""
+    names = call.relevant if names is None else names
+    with torch.enable_grad():
+        leaves = {k: inputs[k].detach().requires_grad_(True) for k in names}
+        rest = {k: v for k, v in inputs.items() if k not in leaves}
+        y = call.op(**call.arguments({**leaves, **rest}))
+        grads = torch.autograd.grad(y, list(leaves.values()), s)
+    return dict(zip(leaves, grads))
+
+
+def _weight_transpose(call: RuleCall) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    t = _conv_transpose if call.spec.op == "conv" else _linear_transpose
+    return lambda x, s, w: t(call, x, s, w)
+
+
+def _weight_forward(call: RuleCall, x: Tensor, w: Tensor) -> Tensor:
+    return call.op(**{**call.arguments({"input": x}), "weight": w, "bias": None})
+
+
+_DIAG_OPS = frozenset({"batch_norm", "layer_norm", "rms_norm"})
+
+
+def _diag_scale(call: RuleCall, x: Tensor) -> Tensor:
+    """``a`` of ``y = a ⊙ x + c`` for normalisation ops with statistics held constant."""
+    if call.spec.op == "batch_norm":
+        return _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
+    if call.spec.op == "layer_norm":
+        dims = tuple(range(-len(call.static["normalized_shape"]), 0))
+        a = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + call.static["eps"])
+        w = call.constant("weight")
+        return a if w is None else a * w
+    if call.spec.op == "rms_norm":
+        dims = tuple(range(-len(call.static["normalized_shape"]), 0))
+        eps = call.static.get("eps") or torch.finfo(x.dtype).eps
+        a = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+        w = call.constant("weight")
+        return a if w is None else a * w
+    raise NotImplementedError(f"no statistics-constant form for {call.spec.op}")
+
+
+# ------------------------------------------------------------------------- z-rules (0 and ε)
+
+
+def _eps(call: RuleCall) -> float:
+    return float(call.spec.options.get("epsilon", 0.0))
+
+
+def _z_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+           ) -> dict[str, Tensor]:
+    s = g * _rho(out, _eps(call))
+    kind = ops.OP_KIND[call.spec.op]
+    if kind == "affine" and call.spec.op != "batch_norm":
+        return {"input": _weight_transpose(call)(inputs["input"], s, call.constant("weight"))}
+    if kind in ("affine", "norm"):
+        x = inputs["input"]
+        return {"input": s * _diag_scale(call, x)}
+    if kind == "sum":
+        return {k: -s if (call.spec.op == "sub" and k == "other") else s for k in call.relevant}
+    grads = _local_vjp(call, inputs, s)
+    if kind == "product" and len(call.relevant) == 2:
+        grads = {k: v * 0.5 for k, v in grads.items()}
+    return grads
+
+
+def _pass_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+              ) -> dict[str, Tensor]:
+    """``R_x = R_y``: ``G_x = G_y ⊙ f(x)/x``."""
+    x = inputs["input"]
+    return {"input": g * _safe_div(out, x)}
+
+
+def _gradient_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+                  ) -> dict[str, Tensor]:
+    return _local_vjp(call, inputs, g)
+
+
+# ------------------------------------------------------------------------------------ αβ, z⁺
+
+
+def _alpha_beta(call: RuleCall) -> tuple[float, float, bool]:
+    o = call.spec.options
+    return float(o.get("alpha", 1.0)), float(o.get("beta", 0.0)), bool(o.get("bias", True))
+
+
+def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float, bias: bool
+                 ) -> Tensor:
+    tr = _weight_transpose(call)
+    wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
+    b = call.constant("bias")
+    shape = (1, -1, *[1] * (r.dim() - 2)) if call.spec.op == "conv" else (-1,)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    zp = _weight_forward(call, xp, wp) + _weight_forward(call, xn, wn)
+    zn = _weight_forward(call, xp, wn) + _weight_forward(call, xn, wp)
+    if bias and b is not None:
+        zp = zp + b.clamp(min=0).reshape(shape)
+        zn = zn + b.clamp(max=0).reshape(shape)
+    sp, sn = _safe_div(r, zp), _safe_div(r, zn)
+    pos, neg = (x > 0).to(x.dtype), (x < 0).to(x.dtype)
+    g = alpha * (pos * tr(x, sp, wp) + neg * tr(x, sp, wn))
+    if beta:
+        g = g - beta * (pos * tr(x, sn, wn) + neg * tr(x, sn, wp))
+    return g
+
+
+def _ab_contributions(contrib: dict[str, Tensor], per_unit: dict[str, Tensor | float],
+                      rest: Tensor, r: Tensor, alpha: float, beta: float
+                      ) -> dict[str, Tensor]:
+    """Element-wise αβ: ``y = Σ_k c_k + rest``, ``c_k = x_k · u_k``; ``G_k = R_k / x_k``."""
+    zp = sum(c.clamp(min=0) for c in contrib.values()) + rest.clamp(min=0)
+    zn = sum(c.clamp(max=0) for c in contrib.values()) + rest.clamp(max=0)
+    sp, sn = _safe_div(r, zp), _safe_div(r, zn)
+    out = {}
+    for k, c in contrib.items():
+        g = alpha * (c > 0) * sp
+        if beta:
+            g = g - beta * (c < 0) * sn
+        out[k] = g * per_unit[k]
+    return out
+
+
+def _ab_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+            ) -> dict[str, Tensor]:
+    alpha, beta, bias = _alpha_beta(call)
+    r = out * g
+    kind = ops.OP_KIND[call.spec.op]
+    if kind == "affine" and call.spec.op != "batch_norm":
+        return {"input": _ab_weighted(call, inputs["input"], r, alpha, beta, bias)}
+    if kind in ("affine", "norm"):
+        x = inputs["input"]
+        a = _diag_scale(call, x)
+        c = x * a
+        rest = out - c if bias else torch.zeros_like(out)
+        return _ab_contributions({"input": c}, {"input": a}, rest, r, alpha, beta)
+    if kind == "sum":
+        args = call.arguments(inputs)
+        sign = {"input": 1.0, "other": -1.0 if call.spec.op == "sub" else 1.0}
+        contrib = {k: sign[k] * args[k] for k in call.relevant}
+        total = out.expand_as(r)
+        rest = total - sum(c.expand_as(r) for c in contrib.values()) if bias \
+            else torch.zeros_like(r)
+        grads = _ab_contributions({k: c.expand_as(r) for k, c in contrib.items()},
+                                  sign, rest, r, alpha, beta)
+        return grads
+    if kind == "pool":
+        x = inputs["input"]
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        zp = call.op(**call.arguments({**inputs, "input": xp}))
+        zn = call.op(**call.arguments({**inputs, "input": xn}))
+        tp = _local_vjp(call, inputs, _safe_div(r, zp))["input"]
+        gx = alpha * (x > 0) * tp
+        if beta:
+            gx = gx - beta * (x < 0) * _local_vjp(call, inputs, _safe_div(r, zn))["input"]
+        return {"input": gx}
+    raise NotImplementedError(f"no αβ rule for kind {kind!r}")
+
+
+def _ab_derive(call: RuleCall) -> dict[str, Tensor]:
+    if call.spec.op not in ("conv", "linear"):
+        return {}
+    w = call.constant("weight")
+    return {"pos_weight": w.clamp(min=0), "neg_weight": w.clamp(max=0)}
+
+
+# ----------------------------------------------------------------------- first layers: flat, w²
+
+
+def _first_vjp(square: bool) -> Vjp:
+    def vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+            ) -> dict[str, Tensor]:
+        x = inputs["input"]
+        w = call.derived("first_weight")
+        z = _weight_forward(call, torch.ones_like(x), w)
+        return {"input": _weight_transpose(call)(x, _safe_div(out * g, z), w)}
+
+    return vjp
+
+
+def _first_derive(square: bool) -> Callable[[RuleCall], dict[str, Tensor]]:
+    def derive(call: RuleCall) -> dict[str, Tensor]:
+        w = call.constant("weight")
+        return {"first_weight": w * w if square else torch.ones_like(w)}
+
+    return derive
+
+
+# ------------------------------------------------------------------------ residual splitting
+
+
+def _split(plain: Vjp) -> Vjp:
+    def vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
+            ) -> dict[str, Tensor]:
+        mode = call.spec.options.get("residual")
+        if mode is None:
+            return plain(call, inputs, g, out)
+        a, b = inputs["input"].expand_as(out), inputs["other"].expand_as(out)
+        r = out * g
+        if mode == "ratio":
+            total = a.abs() + b.abs()
+            wa = torch.where(total > 0, a.abs() / torch.where(total > 0, total, 1.0), 0.5)
+        else:
+            wa = torch.where(a == 0, 0.0, torch.where(b == 0, 1.0, 0.5)).to(r.dtype)
+        return {"input": _safe_div(r * wa, a), "other": _safe_div(r * (1 - wa), b)}
+
+    return vjp
+
+
+# ------------------------------------------------------------------------------- registration
+
+
+def _options_into(spec: RuleSpec, options: dict[str, Any]) -> RuleSpec:
+    return replace(spec, options=dict(options))
+
+
+def _validate(options: dict[str, Any]) -> None:
+    if "epsilon" in options and not float(options["epsilon"]) >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {options['epsilon']}")
+    if "alpha" in options:
+        alpha, beta = float(options["alpha"]), float(options["beta"])
+        if beta < 0 or abs(alpha - beta - 1) > 1e-12:
+            raise ValueError(f"LRP-αβ needs α − β = 1 and β >= 0; got α={alpha}, β={beta}")
+    if options.get("residual") not in (None, "ratio", "symmetric"):
+        raise ValueError(f"residual must be None, 'ratio' or 'symmetric'; "
+                         f"got {options['residual']!r}")
+
+
+_KIND_VJP_Z: dict[str, Vjp] = {
+    "affine": _z_vjp, "pool": _z_vjp, "sum": _z_vjp, "norm": _z_vjp, "product": _z_vjp,
+    "activation": _pass_vjp, "max": _gradient_vjp, "softmax": _gradient_vjp,
+    "identity": _gradient_vjp,
+}
+_KIND_VJP_AB: dict[str, Vjp] = {
+    **_KIND_VJP_Z, "affine": _ab_vjp, "pool": _ab_vjp, "sum": _ab_vjp, "norm": _ab_vjp,
+}
+
+
+def _define(name: str, description: str, kind_vjp: dict[str, Vjp], options: dict[str, Any],
+            derive: Callable[[RuleCall], dict[str, Tensor]] | None = None,
+            first: str | None = None) -> RuleSet:
+    options = {**options, "residual": None}
+    _validate(options)
+    rs = RuleSet(name, description=description, options=options, seed="gradient",
+                 validate=_validate)
+    for op, kind in ops.OP_KIND.items():
+        if kind == "norm" and op not in _DIAG_OPS:
+            continue  # no statistics-constant form known: reported unsupported, not guessed
+        if kind in kind_vjp:
+            rs.register(RuleSpec(op, LRPFunction, kind_vjp[kind], relevance_args=ops.TENSOR_ARGS[
+                op] if kind in ("sum", "product") else ("input",),
+                derive=derive if kind == "affine" else None, options=options,
+                configure=_options_into))
+    rs.merge["add"] = replace(rs.specs["add"], vjp=_split(kind_vjp["sum"]),
+                              name=f"{name} (residual split)")
+    if first is not None:
+        square = first == "wsquare"
+        for op in ("conv", "linear"):
+            rs.first[op] = RuleSpec(op, LRPFunction, _first_vjp(square),
+                                    derive=_first_derive(square), options=options,
+                                    configure=_options_into, returns_relevance=True,
+                                    name=first)
+    RULESETS[name] = rs
+    return rs
+
+
+_define("lrp0", "LRP-0 (Bach et al. 2015): z-rule without stabiliser", _KIND_VJP_Z, {})
+_define("epsilon", "LRP-ε: z-rule with stabiliser ε·sign(z) (option epsilon, default 0.25)",
+        _KIND_VJP_Z, {"epsilon": 0.25})
+_define("alphabeta", "LRP-αβ (options alpha, beta with α − β = 1; default α1β0)", _KIND_VJP_AB,
+        {"alpha": 1.0, "beta": 0.0, "bias": True, "epsilon": 1e-9}, derive=_ab_derive)
+_define("alpha2beta1", "LRP-α2β1", _KIND_VJP_AB,
+        {"alpha": 2.0, "beta": 1.0, "bias": True, "epsilon": 1e-9}, derive=_ab_derive)
+_define("zplus", "LRP-z⁺ (α1β0 without biases)", _KIND_VJP_AB,
+        {"alpha": 1.0, "beta": 0.0, "bias": False, "epsilon": 1e-9}, derive=_ab_derive)
+_define("flat", "flat rule on first layers, LRP-ε elsewhere", _KIND_VJP_Z, {"epsilon": 0.25},
+        first="flat")
+_define("wsquare", "w² rule on first layers, LRP-ε elsewhere", _KIND_VJP_Z, {"epsilon": 0.25},
+        first="wsquare")
