@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from lrpfx.audit import AuditReport, NodeAudit
 from lrpfx.capture import CaptureError
 from lrpfx.explainer import Explainer, Explanation, Target
 from lrpfx.report import CoverageReport, NodeReport, UnsupportedOpError
+from lrpfx.rules.base import RuleSet
 
 __version__ = "0.1.0"
 
@@ -22,10 +26,10 @@ __version__ = "0.1.0"
 def compile(  # noqa: A001 - the public name the API promises
     model: nn.Module,
     *,
-    rule: str = "abslrp",
+    rule: str | RuleSet = "abslrp",
     strict: bool = True,
     frontend: str = "export",
-    example_inputs: tuple | Tensor | None = None,
+    example_inputs: tuple | Tensor | Mapping[str, Any] | None = None,
     **rule_options: Any,
 ) -> Explainer:
     """Compile ``model`` so that one backward pass yields relevance.
@@ -36,7 +40,11 @@ def compile(  # noqa: A001 - the public name the API promises
         Any ``nn.Module`` (or a ``torch.fx.GraphModule`` from ``torch.fx.symbolic_trace``).
         It is never modified.
     rule
-        Rule set; ``"abslrp"`` (default).
+        Rule set: ``"abslrp"`` (default), any name in :data:`lrpfx.rules.RULESETS`
+        (``lrp0``, ``epsilon``, ``alphabeta``, ``alpha2beta1``, ``zplus``, ``flat``,
+        ``wsquare``, ``epsilon_plus_flat``, ..., ``gradient``, ``gradient_x_input``,
+        ``integrated_gradients``, ``deeplift_rescale``), or a rule set built with
+        :func:`lrpfx.rules.composite`.
     strict
         If True (default), an op on the relevance path without a rule raises
         :class:`UnsupportedOpError` before anything runs. If False, such ops carry the plain
@@ -58,6 +66,47 @@ def compile(  # noqa: A001 - the public name the API promises
                      example_inputs=example_inputs, **rule_options)
 
 
+def check(
+    model: nn.Module,
+    example_inputs: tuple | Tensor | Mapping[str, Any],
+    *,
+    rule: str = "abslrp",
+    frontend: str = "export",
+    **rule_options: Any,
+) -> CoverageReport:
+    """The coverage report of ``model`` without explaining anything: every node of the captured
+    graph with its canonical op, the rule it gets and its source module; unsupported ops first
+    in ``print(report)``. :func:`compile` refuses, in strict mode, exactly the models whose
+    report lists unsupported nodes.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module`` (never modified).
+    example_inputs
+        Input(s) to capture the graph with: a tensor, a tuple, or keyword inputs as a dict
+        (``{"input_ids": ids, "attention_mask": mask}``).
+    rule, frontend, rule_options
+        As in :func:`compile`.
+
+    Returns
+    -------
+    CoverageReport
+        ``report.nodes`` (relevance path), ``report.off_path`` (the other nodes),
+        ``report.unsupported``, ``report.ok``, ``report.table(all_nodes=True)``.
+
+    Raises
+    ------
+    CaptureError
+        No frontend could capture the model.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="lrpfx: these ops carry the plain gradient")
+        explainer = Explainer(model, rule=rule, strict=False, frontend=frontend,
+                              example_inputs=example_inputs, **rule_options)
+    return explainer.report
+
+
 def explain(
     model: nn.Module,
     x: Tensor,
@@ -75,6 +124,6 @@ def explain(
 
 
 __all__ = [
-    "CaptureError", "CoverageReport", "Explainer", "Explanation", "NodeReport",
-    "UnsupportedOpError", "compile", "explain", "__version__",
+    "AuditReport", "CaptureError", "CoverageReport", "Explainer", "Explanation", "NodeAudit",
+    "NodeReport", "UnsupportedOpError", "check", "compile", "explain", "__version__",
 ]

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from lrpfx.audit import AuditReport, Recorder
 from lrpfx.capture import FRONTENDS, call_kwargs, capture_export, capture_symbolic_trace
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
 from lrpfx.report import CoverageReport
-from lrpfx.rules.base import EPS, RuleCall, unit_l1, unit_max
+from lrpfx.rules.base import EPS, RuleCall, RuleSet, unit_l1, unit_max
 from lrpfx.rules.registry import get_ruleset
 
 Target = int | Tensor | Callable[[Any], Tensor] | None
@@ -44,7 +45,7 @@ class Explainer(nn.Module):
         self,
         model: nn.Module,
         *,
-        rule: str = "abslrp",
+        rule: str | RuleSet = "abslrp",
         strict: bool = True,
         frontend: str = "export",
         example_inputs: tuple | Tensor | Mapping[str, Any] | None = None,
@@ -303,6 +304,32 @@ class Explainer(nn.Module):
                    for name in taps}
         return Explanation(positive=positive, negative=neg, contrastive=contrastive,
                            logits=out.detach(), target=target_t, at=at_maps)
+
+    def audit(self, x: Tensor | None = None, target: Target = None, **inputs: Any
+              ) -> AuditReport:
+        """Where relevance goes: per rule-bearing node, the relevance arriving at its output and
+        leaving through each input, for the positive map of ``target`` (see
+        :mod:`lrpfx.audit`).
+
+        Parameters
+        ----------
+        x, target, inputs
+            As in :meth:`explain`.
+
+        Returns
+        -------
+        AuditReport
+            One :class:`lrpfx.audit.NodeAudit` per rule-bearing node, in graph order;
+            ``print(report)`` shows batch means and the share each node loses.
+        """
+        if self.ruleset.attribution in ("baseline", "integral"):
+            raise ValueError(f"rule set {self.ruleset.name!r} has no single backward pass to "
+                             "audit")
+        graphs = [*self.graphs.values(), *(g for _, g in self.__dict__.get("_f32", {}).values())]
+        self.explain_parts(x, target, negative=False, normalize=False, **inputs)  # captures
+        with Recorder([*graphs, *self.graphs.values()]) as rec:
+            self.explain_parts(x, target, negative=False, normalize=False, **inputs)
+        return rec.report(self.ruleset.name)
 
     def _baseline(self, value: Tensor) -> Tensor:
         b = self.ruleset.options.get("baseline")

@@ -9,6 +9,7 @@ RULE = "rule"
 PASSTHROUGH = "passthrough"
 SOURCE = "source"
 UNSUPPORTED = "unsupported"
+OFF_PATH = "off-path"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class NodeReport:
         Dotted path of the source module in the user's model ("" for the top level).
     status
         ``"rule"``, ``"passthrough"``, ``"source"`` (where relevance is read, e.g. the token
-        embedding lookup) or ``"unsupported"``.
+        embedding lookup), ``"unsupported"``, or ``"off-path"`` (nodes that carry no relevance:
+        constants, shapes, masks; listed in :attr:`CoverageReport.off_path`).
     reason
         Why the node is unsupported, when it is.
     nonneg_input
@@ -53,6 +55,9 @@ class CoverageReport:
     rule_set: str
     frontend: str
     nodes: list[NodeReport] = field(default_factory=list)
+    """Nodes on the relevance path (from the explained input to the output)."""
+    off_path: list[NodeReport] = field(default_factory=list)
+    """The graph's other nodes (constants, shape arithmetic, masks): they need no rule."""
 
     @property
     def unsupported(self) -> list[NodeReport]:
@@ -67,9 +72,11 @@ class CoverageReport:
         """Number of nodes per status."""
         return dict(Counter(n.status for n in self.nodes))
 
-    def table(self) -> str:
-        """A plain-text table, unsupported nodes first."""
+    def table(self, all_nodes: bool = False) -> str:
+        """A plain-text table, unsupported nodes first; ``all_nodes`` adds the off-path ones."""
         rows = sorted(self.nodes, key=lambda n: n.status != UNSUPPORTED)
+        if all_nodes:
+            rows += self.off_path
         header = ("status", "node", "op", "canonical", "rule", "module")
         data = [(n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
                  n.canonical or "-", n.rule, n.module or "-") for n in rows]
@@ -77,6 +84,7 @@ class CoverageReport:
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
                  for r in (header, *data)]
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
+        counts += f"; {len(self.off_path)} off-path"
         return "\n".join([f"lrpfx coverage: rule set {self.rule_set!r}, frontend "
                           f"{self.frontend!r}: {counts}", *lines])
 

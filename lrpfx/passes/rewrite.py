@@ -19,15 +19,16 @@ from lrpfx import ops
 from lrpfx.passes.analyze import GraphFacts
 from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH
 from lrpfx.report import (
-    PASSTHROUGH as S_PASS,
-)
-from lrpfx.report import (
+    OFF_PATH,
     RULE,
     SOURCE,
     UNSUPPORTED,
     CoverageReport,
     NodeReport,
     UnsupportedOpError,
+)
+from lrpfx.report import (
+    PASSTHROUGH as S_PASS,
 )
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
 
@@ -126,7 +127,12 @@ def build_report(
     report = CoverageReport(rule_set=ruleset.name, frontend=frontend)
     for node in graph.nodes:
         info = node.meta["lrpfx"]
-        if node not in facts.relevant or info.kind == IO:
+        if info.kind == IO:
+            continue
+        if node not in facts.relevant:
+            report.off_path.append(NodeReport(
+                node=node.name, op=info.source_op, canonical=info.canonical, rule="-",
+                module=info.module_path, status=OFF_PATH))
             continue
         status, rule, reason = _classify(node, ruleset, facts)
         report.nodes.append(NodeReport(
