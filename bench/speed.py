@@ -6,6 +6,7 @@ Run (from the repository root)::
     .venv/bin/python bench/speed.py --models tv_resnet50 --repeats 3 --threads 2
     .venv/bin/python bench/speed.py --device cuda
     .venv/bin/python bench/speed.py --skip-memory --json results.json
+    .venv/bin/python bench/speed.py --rules                  # every rule set on tv_resnet50
 
 Target (the speed issue): ``explain / saliency <= 2.0`` for vgg16 and resnet50.
 
@@ -262,6 +263,51 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def bench_rules(name: str, rules: list[str], args: argparse.Namespace) -> list[dict]:
+    """Each rule set's contrastive ``explain`` against saliency, interleaved in one run."""
+    device = torch.device(args.device)
+    model = build_model(name, device)
+    x = make_input(args.batch, device)
+    methods: dict[str, Callable[[], object]] = {"saliency": lambda: saliency(model, x)}
+    compile_s = {}
+    for rule in rules:
+        start = time.perf_counter()
+        e = lrpfx.compile(model, rule=rule, example_inputs=x)
+        compile_s[rule] = time.perf_counter() - start
+        methods[rule] = lambda e=e: e.explain(x)
+    for _ in range(args.warmup):
+        for fn in methods.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for rep in range(args.repeats):
+        order = list(methods) if rep % 2 == 0 else list(reversed(methods))
+        for key in order:
+            times[key].append(timed(methods[key], device))
+        print(f"  {name} rep {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+    rows = []
+    for rule in rules:
+        ratios = [e / s for s, e in zip(times["saliency"], times[rule])]
+        rows.append({"rule": rule, "explain_s": statistics.median(times[rule]),
+                     "saliency_s": statistics.median(times["saliency"]),
+                     "ratio": statistics.median(ratios),
+                     "ratio_min": min(times[rule]) / min(times["saliency"]),
+                     "compile_s": compile_s[rule]})
+    return rows
+
+
+def markdown_rules(name: str, rows: list[dict], args: argparse.Namespace) -> str:
+    head = ["rule set", "explain (ms)", "explain/saliency", "ratio (min)", "compile (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['explain_s'] * 1e3:.0f} | {r['ratio']:.2f} | "
+                     f"{r['ratio_min']:.2f} | {r['compile_s']:.1f} |")
+    info = (f"{name}: device={args.device}, batch={args.batch}, 224x224 float32, "
+            f"threads={torch.get_num_threads()}, repeats={args.repeats}, saliency "
+            f"{rows[0]['saliency_s'] * 1e3:.0f} ms; contrastive maps (two backward passes; "
+            "integrated_gradients: steps × 2)")
+    return info + "\n\n" + "\n".join(lines)
+
+
 def _target(model: str) -> float:
     return TARGETS.get(model, TARGET_RATIO)
 
@@ -299,6 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--skip-memory", action="store_true", help="timings only")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
+    p.add_argument("--rules", nargs="*", default=None,
+                   help="rule-set table instead: time each rule set (default: all) on the "
+                   "first of --models (default tv_resnet50)")
     p.add_argument("--_probe", choices=["saliency", "explain"], default=None,
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -313,6 +362,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
+    if args.rules is not None:
+        from lrpfx.rules import RULESETS
+
+        name = args.models[0] if args.models != list(MODELS) else "tv_resnet50"
+        rules = args.rules or list(RULESETS)
+        print(markdown_rules(name, bench_rules(name, rules, args), args))
+        return
     rows = []
     for name in args.models:
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
