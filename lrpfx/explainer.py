@@ -16,6 +16,7 @@ from lrpfx.audit import AuditReport, Recorder
 from lrpfx.capture import FRONTENDS, call_kwargs, capture_export, capture_symbolic_trace
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
+from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
 from lrpfx.report import CoverageReport
 from lrpfx.rules.base import EPS, RuleCall, RuleSet, unit_l1, unit_max
@@ -91,6 +92,7 @@ class Explainer(nn.Module):
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)
+        gm = fuse_chains(gm)
         for fn in self._conversions:
             gm._apply(fn)
         name = f"g{len(self.graphs)}"
@@ -241,7 +243,7 @@ class Explainer(nn.Module):
             args = tuple(_to32(a) for a in args)
             kwargs = {k: _to32(v) for k, v in kwargs.items()}
             value = args[0] if args else kwargs[explained]
-        if at:
+        if at is not None:
             gm, taps = _tapped(gm, tuple(at))
         else:
             taps = {}
@@ -325,10 +327,11 @@ class Explainer(nn.Module):
         if self.ruleset.attribution in ("baseline", "integral"):
             raise ValueError(f"rule set {self.ruleset.name!r} has no single backward pass to "
                              "audit")
-        graphs = [*self.graphs.values(), *(g for _, g in self.__dict__.get("_f32", {}).values())]
         self.explain_parts(x, target, negative=False, normalize=False, **inputs)  # captures
-        with Recorder([*graphs, *self.graphs.values()]) as rec:
-            self.explain_parts(x, target, negative=False, normalize=False, **inputs)
+        graphs = [*self.graphs.values(), *(g for _, g in self.__dict__.get("_f32", {}).values())]
+        with Recorder(graphs) as rec:
+            # at=() runs the unfused graph: every rule is its own node there
+            self.explain_parts(x, target, negative=False, normalize=False, at=(), **inputs)
         return rec.report(self.ruleset.name)
 
     def _baseline(self, value: Tensor) -> Tensor:
@@ -466,10 +469,11 @@ def _tapped(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict
     cache = gm.__dict__.setdefault("_lrpfx_taps", {})
     if names in cache:
         return cache[names]
-    graph = copy.deepcopy(gm.graph)
+    base = gm.__dict__.get("_unfused", gm)  # fused chains hide their inner positions
+    graph = copy.deepcopy(base.graph)
     nodes = {n.name: n for n in graph.nodes}
     taps: dict[str, _Tap] = {}
-    root = {name: mod for name, mod in gm.named_children()}
+    root = {name: mod for name, mod in base.named_children()}
     for name in names:
         node = _position(graph, nodes, name)
         tap = taps[name] = _Tap()
@@ -479,7 +483,7 @@ def _tapped(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict
             new = graph.call_module(target, (node,))
         node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
     for n in graph.nodes:
-        if n.op == "get_attr":
+        if n.op == "get_attr":  # from gm: the unfused graph's own may predate a .to()
             root[n.target] = _attr(gm, n.target)
     out = fx.GraphModule(root, graph, class_name="LRPGraphModule")
     out.input_relevance = getattr(gm, "input_relevance", False)

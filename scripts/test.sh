@@ -10,7 +10,8 @@ echo "[lrpfx] pytest"
 # two workers, one thread each: most of the time is Python-side graph capture
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 set +e
-.venv/bin/python -m pytest -n "${LRPFX_TEST_WORKERS:-2}" --dist loadfile -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -n "${LRPFX_TEST_WORKERS:-2}" --dist loadfile -p no:cacheprovider \
+  --hypothesis-profile=ci "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

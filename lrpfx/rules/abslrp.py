@@ -42,21 +42,8 @@ class AbsLRPFunction(torch.autograd.Function):
     def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
         out = call.op(**call.arguments(inputs))
         ctx.call = call
-        if not any(ctx.needs_input_grad[1:]):
-            return out  # a plain forward: nothing to prepare
-        spec = call.spec
-        named = dict(zip(call.relevant + call.runtime, inputs))
-        ctx.shapes = {k: named[k].shape for k in call.relevant}
-        # computed once here, shared by both backward passes of a contrastive map; only what
-        # the backward reads is kept
-        kept = [named[k] for k in call.relevant if k in call.normalize]
-        if spec.diag is not None:
-            factors = spec.diag(call, named, out)
-            ctx.factor_names = tuple(factors)
-            ctx.save_for_backward(*factors.values(), *kept)
-        else:
-            scale = stabilised_ratio(out) if spec.divide else out
-            ctx.save_for_backward(*inputs, scale, out if spec.needs_out else None)
+        if any(ctx.needs_input_grad[1:]):
+            _prepare(ctx, call, inputs, out)
         return out
 
     @staticmethod
@@ -82,6 +69,56 @@ class AbsLRPFunction(torch.autograd.Function):
                 v = v / safe_l1(kept[name] * v)
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime))
+
+
+def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # noqa: ANN001
+             then: Tensor | None = None) -> None:
+    """Compute and save what the backward reads. ``then`` multiplies ``G_y`` first: the
+    factor of element-wise rules fused after this node (see :class:`ChainFunction`)."""
+    spec = call.spec
+    named = dict(zip(call.relevant + call.runtime, inputs))
+    ctx.shapes = {k: named[k].shape for k in call.relevant}
+    # computed once here, shared by both backward passes of a contrastive map; only what
+    # the backward reads is kept
+    kept = [named[k] for k in call.relevant if k in call.normalize]
+    if spec.diag is not None:
+        factors = spec.diag(call, named, out)
+        if then is not None:
+            factors = {k: f * then for k, f in factors.items()}
+        ctx.factor_names = tuple(factors)
+        ctx.save_for_backward(*factors.values(), *kept)
+    else:
+        scale = stabilised_ratio(out) if spec.divide else out
+        if then is not None:
+            scale = scale * then
+        ctx.save_for_backward(*inputs, scale, out if spec.needs_out else None)
+
+
+class ChainFunction(AbsLRPFunction):
+    """A rule-bearing node followed by element-wise rules (batch norm, ReLU, dropout, ...)
+    whose inputs have no other reader, as one autograd node.
+
+    Element-wise absLRP rules are ``G_x = F ⊙ G_y`` (a factor computed in the forward), so the
+    chain's backward is the head's rule applied to ``G_y ⊙ Π F``: exactly the unfused result
+    (no normalisation is skipped: a tail input has one reader, where absLRP's normalisation is
+    deferred anyway), with one multiplication per backward pass instead of one per op.
+    ``chain.head`` is a :class:`RuleCall`, ``chain.tail`` the element-wise ones."""
+
+    @staticmethod
+    def forward(ctx, chain, *inputs: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
+        head = chain.head
+        out = head.op(**head.arguments(inputs))
+        ctx.call = head
+        grad = any(ctx.needs_input_grad[1:])
+        y, then = out, None
+        for t in chain.tail:
+            x, y = y, t.op(**t.arguments((y,)))
+            if grad:
+                f = t.spec.diag(t, {"input": x}, y)["input"]
+                then = f if then is None else then.mul_(f)
+        if grad:
+            _prepare(ctx, head, inputs, out, then)
+        return y
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
