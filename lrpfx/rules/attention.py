@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 
 from lrpfx import ops
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
 
 
-def _softmax_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-                 ) -> dict[str, Tensor]:
+def _softmax_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
+                  ) -> dict[str, Tensor]:
+    # s ⊙ (h + sign(x) ⊙ ha) with s = G ⊙ h/(|h|+ε): one factor per forward
     x = inputs["input"]
     dim = call.static["dim"]
     add = ops.additive_mask(x, call.arguments(inputs).get("mask"),
@@ -34,7 +35,7 @@ def _softmax_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tens
     sign = torch.sign(x)
     if add is not None:  # masked positions: -inf + finite; keep them out of 0 * inf
         sign = sign.masked_fill(torch.isinf(add.expand_as(x)), 0)
-    return {"input": s * (out + sign * ha)}
+    return {"input": stabilised_ratio(out, nonneg=True).mul_(ha.mul_(sign).add_(out))}
 
 
 def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
@@ -53,7 +54,8 @@ def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tenso
     return grads
 
 
-ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, _softmax_vjp, needs_out=True))
+ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, None, diag=_softmax_diag,
+                         relevance_args=("input",)))
 # einsum: the same two-operand rule, by local autograd on the formula (no closed form per
 # equation)
 ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,

@@ -4,14 +4,16 @@ absLRP (DESIGN.md §4.1): ``ha = f(|x|)``, so ``VJP_x(h + ha; s) = f'(x) s + sig
 For ReLU this is ``([x > 0] + sign(x)) s``, i.e. ``R_x = 2 x⁺ s``; for dropout (the identity in
 eval mode, a compute op in the reference semantics) ``(1 + sign(x)) s``; with ``s = G ⊙ y/(|y|+ε)``
 both are ``2 G ⊙ x⁺/(|x|+ε)`` (a factor computed once). Other
-activations use the formula by local autograd.
+activations: the factor ``y/(|y|+ε) ⊙ (f'(x) + sign(x) f'(|x|))``, both derivatives by local
+autograd, once per forward.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -25,10 +27,22 @@ def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> di
     return {"input": stabilised_ratio(out).clamp_(min=0)}
 
 
+def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
+                     ) -> dict[str, Tensor]:
+    # VJP_x(f(x) + f(|x|); s) = (f'(x) + sign(x) f'(|x|)) ⊙ s: both derivatives by one local
+    # autograd call on [x; |x|], once per forward
+    x = inputs["input"]
+    with torch.enable_grad():
+        both = torch.stack([x, x.abs()]).detach().requires_grad_(True)
+        y = call.op(**call.arguments((both,)))
+        (d,) = torch.autograd.grad(y, both, torch.ones_like(y))
+    return {"input": stabilised_ratio(out).mul_(d[0].addcmul_(torch.sign(x), d[1]))}
+
+
 ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag))
 ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, None, diag=_identity_diag))
 for _op in (
     "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "elu", "softplus", "mish", "pow",
 ):
-    ABSLRP.register(RuleSpec(_op, AbsLRPFunction, abs_branch_vjp))
+    ABSLRP.register(RuleSpec(_op, AbsLRPFunction, None, diag=_activation_diag))
