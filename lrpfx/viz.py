@@ -1,16 +1,25 @@
 """Heatmap rendering with matplotlib (Agg renderer: no display and no pyplot state needed).
 
->>> from lrpfx.viz import save_grid
+>>> from lrpfx.viz import save_grid, save_explanation, overlay
 >>> save_grid(x, [R_pred, R_second], "heatmaps.png",
 ...           column_titles=["input", "predicted", "runner-up"])   # doctest: +SKIP
+>>> save_explanation(picture, [R_top1, R_top2], "cat.png",
+...                  titles=["tabby (0.71)", "tiger cat (0.12)"])   # doctest: +SKIP
+>>> rgb = overlay(picture, R_top1)                   # (H, W, 3) in [0, 1]   # doctest: +SKIP
 
 Relevance maps are signed: red is positive relevance (evidence for the explained class), blue is
 negative (evidence against it), white is zero. Each map is summed over channels and scaled to
-``max |R| = 1`` on its own, so the colour scale ``[-1, 1]`` is centred at zero in every panel.
+``max |R| = 1`` (on its own, or with ``shared_scale=True`` by the largest value of the batch, so
+maps can be compared), so the colour scale ``[-1, 1]`` is centred at zero in every panel. With
+``positive_only=True`` negative relevance is dropped and the scale is white (0) to red (1).
+An *overlay* draws the map on a grey copy of the input: grey keeps the image's own colours from
+being read as relevance, and the heatmap's opacity grows with ``|R|`` so that where the map is
+zero the image shows through.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["image_for_display", "save_grid", "signed_heatmap"]
+__all__ = [
+    "CMAP", "PANELS_KEY", "heatmap_rgb", "image_for_display", "normalise_maps", "overlay",
+    "save_explanation", "save_grid", "signed_heatmap",
+]
+
+#: Diverging colour map of signed relevance (matplotlib name): red +, white 0, blue −.
+CMAP = "bwr"
+#: PNG text key under which :func:`save_explanation` stores each panel's pixel box as JSON,
+#: ``{"input": [left, top, right, bottom], "heatmap:0": [...], "overlay:0": [...], ...}``.
+PANELS_KEY = "lrpfx:panels"
 
 ArrayLike = Any  # numpy array or torch tensor
 
@@ -74,6 +92,263 @@ def image_for_display(image: ArrayLike) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
+def normalise_maps(
+    maps: ArrayLike,
+    *,
+    shared_scale: bool = False,
+    positive_only: bool = False,
+) -> np.ndarray:
+    """A batch of relevance maps as ``(B, H, W)`` arrays in ``[-1, 1]`` (or ``[0, 1]``).
+
+    Parameters
+    ----------
+    maps
+        ``(B, C, H, W)`` or ``(B, H, W)``; summed over channels.
+    shared_scale
+        Divide every map by the largest ``|R|`` of the whole batch (comparable across maps)
+        instead of each by its own maximum.
+    positive_only
+        Set negative relevance to 0 first (the peak is then the largest positive value).
+
+    Returns
+    -------
+    numpy.ndarray
+        Non-finite values become 0; an all-zero map stays zero.
+    """
+    m = _as_batch(maps, "maps").sum(axis=1)
+    m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    if positive_only:
+        m = np.clip(m, 0.0, None)
+    if shared_scale:
+        peak = np.full((len(m), 1, 1), np.abs(m).max(initial=0.0))
+    else:
+        peak = np.abs(m).reshape(len(m), -1).max(axis=1, initial=0.0)[:, None, None]
+    return np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+
+
+def heatmap_rgb(heatmap: ArrayLike, *, positive_only: bool = False, cmap: str = CMAP
+                ) -> np.ndarray:
+    """Colours of a scaled map ``(H, W)`` in ``[-1, 1]``: ``(H, W, 3)`` RGB in ``[0, 1]``.
+
+    Signed maps use the whole diverging map (−1 blue, 0 white, +1 red). ``positive_only`` uses
+    only its upper half (0 white, 1 red) and clips negative values to 0, so a colour means the
+    same relevance in both kinds of figure.
+    """
+    from matplotlib import colormaps
+
+    h = np.clip(_numpy(heatmap), -1.0, 1.0)
+    if positive_only:
+        h = np.clip(h, 0.0, 1.0)
+    return colormaps[cmap]((h + 1) / 2)[..., :3]
+
+
+def _grey_rgb(image: ArrayLike) -> np.ndarray:
+    """``(H, W, 3)`` grey version of an image given as ``(H, W)``, ``(H, W, 3)`` or ``(C, H, W)``
+    (values in ``[0, 1]``; channel-first tensors are min-max scaled by :func:`image_for_display`).
+    """
+    x = _numpy(image)
+    if x.ndim == 3 and x.shape[-1] not in (3, 4):
+        x = image_for_display(x)
+    if x.ndim == 3:
+        # ITU-R BT.601 luma: perceived brightness, so the grey picture keeps its contrast
+        x = x[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(np.clip(x, 0, 1)[..., None], 3, axis=-1)
+
+
+def overlay(
+    image: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    positive_only: bool = False,
+    peak: float | None = None,
+    alpha: float = 0.85,
+    gamma: float = 0.5,
+    fade: float = 0.4,
+    cmap: str = CMAP,
+) -> np.ndarray:
+    """A relevance map drawn on a grey, lightened copy of its input.
+
+    Parameters
+    ----------
+    image
+        The input as displayed: ``(H, W)`` grey or ``(H, W, 3)`` RGB in ``[0, 1]`` (e.g.
+        :meth:`lrpfx.preprocess.ImagePreprocessor.to_display`), or a ``(C, H, W)`` tensor.
+    relevance
+        ``(C, H, W)`` or ``(H, W)``, summed over channels, same ``H, W`` as ``image``.
+    positive_only
+        Drop negative relevance (white-to-red scale).
+    peak
+        Divide by this instead of the map's own ``max |R|`` (for one scale across a batch).
+    alpha
+        Opacity of the heatmap where ``|R|`` is largest.
+    gamma
+        Opacity is ``alpha · |R|^gamma``: below 1, weak relevance stays visible.
+    fade
+        The grey image is lightened to ``fade + (1 - fade) · grey``, so that colours stay
+        vivid over dark regions (0 keeps it as it is).
+    cmap
+        Diverging colour map.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` RGB in ``[0, 1]``: grey where ``R = 0``, red over positive and blue over
+        negative relevance (red above blue and green exactly where ``R > 0``).
+    """
+    r = _numpy(relevance)
+    if r.ndim == 3:
+        r = r.sum(axis=0)
+    r = np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+    if positive_only:
+        r = np.clip(r, 0.0, None)
+    scale = float(np.abs(r).max(initial=0.0)) if peak is None else float(peak)
+    h = r / scale if scale > 0 else np.zeros_like(r)
+    base = fade + (1 - fade) * _grey_rgb(image)
+    if base.shape[:2] != h.shape:
+        raise ValueError(f"image is {base.shape[:2]} but the relevance map is {h.shape}")
+    weight = alpha * np.clip(np.abs(h), 0, 1)[..., None] ** gamma
+    return (1 - weight) * base + weight * heatmap_rgb(h, positive_only=positive_only, cmap=cmap)
+
+
+def save_explanation(
+    image: ArrayLike,
+    maps: ArrayLike | Sequence[ArrayLike],
+    path: str | os.PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    image_title: str = "input",
+    panels: Sequence[str] = ("heatmap", "overlay"),
+    positive_only: bool = False,
+    shared_scale: bool = False,
+    cmap: str = CMAP,
+    cell_size: float = 2.6,
+    dpi: int = 100,
+    suptitle: str | None = None,
+) -> Path:
+    """Write a PNG explaining one image: one row per map, the input then its panels.
+
+    Parameters
+    ----------
+    image
+        The input as displayed (see :func:`overlay`).
+    maps
+        One relevance map ``(C, H, W)``/``(H, W)``, or several (e.g. one per target class):
+        a ``(K, C, H, W)`` array or a list of maps.
+    path
+        Where to write the PNG; parent directories are created.
+    titles
+        One title per map (e.g. ``"tabby cat, p=0.71"``), shown on its row's first panel.
+    image_title
+        Title of the input panel.
+    panels
+        Which panels follow the input on each row, in order: ``"heatmap"`` (side by side) and/or
+        ``"overlay"``.
+    positive_only
+        Show positive relevance only (white-to-red scale).
+    shared_scale
+        One scale for all maps (divide by the largest ``|R|`` of any of them), so rows compare.
+    cmap
+        Diverging colour map.
+    cell_size, dpi
+        Panel size in inches and PNG resolution.
+    suptitle
+        Optional figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written. The PNG's text chunk :data:`PANELS_KEY` holds each panel's pixel
+        box (``PIL.Image.open(path).text``).
+    """
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    if hasattr(maps, "shape"):
+        # one array: a single map (C, H, W)/(H, W), or a stack of them (K, C, H, W)
+        maps = list(maps) if _numpy(maps).ndim == 4 else [maps]
+    arrays = [_numpy(m) for m in maps]
+    arrays = [m.sum(axis=0) if m.ndim == 3 else m for m in arrays]
+    if not arrays or any(m.ndim != 2 for m in arrays):
+        raise ValueError("maps must be one or more maps of shape (C, H, W) or (H, W)")
+    stacked = normalise_maps(np.stack(arrays), shared_scale=shared_scale,
+                             positive_only=positive_only)
+    unknown = set(panels) - {"heatmap", "overlay"}
+    if not panels or unknown:
+        raise ValueError(f"panels must name 'heatmap' and/or 'overlay', got {list(panels)}")
+    if titles is not None and len(titles) != len(arrays):
+        raise ValueError(f"titles must have {len(arrays)} strings, one per map")
+    shown = _numpy(image)
+    if shown.ndim == 3 and shown.shape[-1] not in (3, 4):
+        shown = image_for_display(shown)
+    if shown.shape[:2] != stacked.shape[1:]:
+        raise ValueError(f"image is {shown.shape[:2]} but the maps are {stacked.shape[1:]}")
+
+    rows, ncols = len(arrays), 1 + len(panels)
+    head = 0.45 if suptitle else 0.0
+    fig = Figure(figsize=(cell_size * ncols + 0.9, (cell_size + 0.35) * rows + head + 0.1),
+                 dpi=dpi)
+    axes = np.atleast_2d(fig.subplots(rows, ncols, squeeze=False))
+    for k in range(rows):
+        ax = axes[k, 0]
+        if k == 0:
+            ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_title(image_title, fontsize=9)
+        else:
+            ax.axis("off")
+        for c, panel in enumerate(panels, start=1):
+            ax = axes[k, c]
+            if panel == "heatmap":
+                ax.imshow(heatmap_rgb(stacked[k], positive_only=positive_only, cmap=cmap),
+                          interpolation="nearest")
+            else:
+                ax.imshow(overlay(shown, stacked[k], positive_only=positive_only, peak=1.0,
+                                  cmap=cmap), interpolation="nearest")
+            label = panel if titles is None else f"{titles[k]}\n{panel}"
+            ax.set_title(label, fontsize=9)
+        for ax in axes[k]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    top = 1 - (head + 0.45) / fig.get_figheight()
+    fig.subplots_adjust(left=0.02, right=1 - 0.85 / fig.get_figwidth(), bottom=0.02, top=top,
+                        wspace=0.06, hspace=0.35)
+    from matplotlib.cm import ScalarMappable
+
+    lo = 0.0 if positive_only else -1.0
+    bar_map = ScalarMappable(Normalize(-1.0, 1.0), cmap=cmap)
+    cax = fig.add_axes((1 - 0.65 / fig.get_figwidth(), 0.25, 0.15 / fig.get_figwidth(), 0.5))
+    bar = fig.colorbar(bar_map, cax=cax, ticks=[lo, 0.5 * (lo + 1), 1] if positive_only
+                       else [-1, 0, 1])
+    if positive_only:
+        cax.set_ylim(0, 1)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("relevance / max|R|" + (" (shared)" if shared_scale else ""), fontsize=7)
+    # draw once with Agg, read where each panel landed (for tools and tests that read the
+    # pixels back), and write the same pixels with PIL (savefig would draw a second time)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image, PngImagePlugin
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    height = canvas.get_width_height()[1]
+    boxes = {}
+    for k in range(rows):
+        names = (["input"] if k == 0 else [None]) + [f"{p}:{k}" for p in panels]
+        for name, ax in zip(names, axes[k]):
+            if name is not None:
+                x0, y0, x1, y1 = ax.get_window_extent().extents
+                boxes[name] = [round(x0), round(height - y1), round(x1), round(height - y0)]
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PANELS_KEY, json.dumps(boxes))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(out, format="PNG",
+                                                                    pnginfo=info)
+    return out
+
+
 def save_grid(
     inputs: ArrayLike,
     maps: ArrayLike | Sequence[ArrayLike],
@@ -81,11 +356,13 @@ def save_grid(
     *,
     titles: Sequence[Sequence[str]] | None = None,
     column_titles: Sequence[str] | None = None,
-    cmap: str = "bwr",
+    cmap: str = CMAP,
     input_cmap: str = "gray_r",
     contour: bool = True,
     cell_size: float = 1.7,
     dpi: int = 110,
+    positive_only: bool = False,
+    shared_scale: bool = False,
 ) -> Path:
     """Write a PNG grid: one row per example, the input then its signed relevance maps.
 
@@ -115,6 +392,11 @@ def save_grid(
         Size of one panel in inches.
     dpi
         Resolution of the PNG.
+    positive_only
+        Show positive relevance only (white-to-red, negative values clipped to 0).
+    shared_scale
+        Scale each column's maps by that column's largest ``|R|`` over the whole batch instead
+        of each map by its own (so rows can be compared).
 
     Returns
     -------
@@ -132,6 +414,9 @@ def save_grid(
     for i, m in enumerate(columns):
         if m.shape[0] != batch or m.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"maps[{i}] has shape {m.shape}, inputs have {x.shape}")
+    scaled = [normalise_maps(m, shared_scale=shared_scale, positive_only=positive_only)
+              for m in columns]
+    vmin = 0.0 if positive_only else -1.0
     if titles is not None and (len(titles) != batch or any(len(t) != ncols for t in titles)):
         raise ValueError(f"titles must be {batch} rows of {ncols} strings")
     if column_titles is not None and len(column_titles) != ncols:
@@ -149,10 +434,10 @@ def save_grid(
         ax.imshow(shown, cmap=None if shown.ndim == 3 else input_cmap, vmin=0, vmax=1,
                   interpolation="nearest")
         level = shown.mean(axis=-1) if shown.ndim == 3 else shown
-        for c, m in enumerate(columns, start=1):
+        for c, m in enumerate(scaled, start=1):
             ax = axes[b, c]
-            image = ax.imshow(signed_heatmap(m[b]), cmap=cmap, vmin=-1, vmax=1,
-                              interpolation="nearest")
+            # positive-only maps use the upper half of the same colour map (white to red)
+            image = ax.imshow(m[b], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
             if contour and np.ptp(level) > 0:
                 ax.contour(level, levels=[0.5], colors="0.45", linewidths=0.6)
         for c in range(ncols):
@@ -171,7 +456,9 @@ def save_grid(
                         wspace=0.08, hspace=0.1 + 0.25 * title_lines)
     if image is not None:
         cax = fig.add_axes((1 - 0.65 / fig.get_figwidth(), 0.3, 0.15 / fig.get_figwidth(), 0.4))
-        bar = fig.colorbar(image, cax=cax, ticks=[-1, 0, 1])
+        bar = fig.colorbar(image, cax=cax, ticks=[vmin, (vmin + 1) / 2, 1])
+        if positive_only:
+            cax.set_ylim(0, 1)
         bar.ax.tick_params(labelsize=7)
         bar.set_label("relevance / max|R|", fontsize=7)
     out = Path(path)
