@@ -220,6 +220,23 @@ def cuda_peak(fn: Callable[[], object], device: torch.device) -> float:
 # ----------------------------------------------------------------------------- benchmark
 
 
+def interleaved(methods: dict[str, Callable[[], object]], name: str,
+                args: argparse.Namespace) -> dict[str, list[float]]:
+    """Warm up, then time every method once per repetition, alternating the order."""
+    device = torch.device(args.device)
+    for _ in range(args.warmup):
+        for fn in methods.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for rep in range(args.repeats):
+        order = list(methods) if rep % 2 == 0 else list(reversed(methods))
+        for key in order:
+            times[key].append(timed(methods[key], device))
+        last = ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items())
+        print(f"  {name} rep {rep + 1}/{args.repeats}: {last}", file=sys.stderr, flush=True)
+    return times
+
+
 def bench_model(name: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     model = build_model(name, device)
@@ -229,16 +246,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         "saliency": lambda: saliency(model, x),
         "explain": lambda: explainer.explain(x),
     }
-    for _ in range(args.warmup):
-        for fn in methods.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for rep in range(args.repeats):
-        order = list(methods) if rep % 2 == 0 else list(reversed(methods))
-        for key in order:
-            times[key].append(timed(methods[key], device))
-        print(f"  {name} rep {rep + 1}/{args.repeats}: saliency {times['saliency'][-1]:.3f}s, "
-              f"explain {times['explain'][-1]:.3f}s", file=sys.stderr, flush=True)
+    times = interleaved(methods, name, args)
     ratios = [e / s for s, e in zip(times["saliency"], times["explain"])]
     row = {
         "model": name,
@@ -275,15 +283,7 @@ def bench_rules(name: str, rules: list[str], args: argparse.Namespace) -> list[d
         e = lrpfx.compile(model, rule=rule, example_inputs=x)
         compile_s[rule] = time.perf_counter() - start
         methods[rule] = lambda e=e: e.explain(x)
-    for _ in range(args.warmup):
-        for fn in methods.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for rep in range(args.repeats):
-        order = list(methods) if rep % 2 == 0 else list(reversed(methods))
-        for key in order:
-            times[key].append(timed(methods[key], device))
-        print(f"  {name} rep {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+    times = interleaved(methods, name, args)
     rows = []
     for rule in rules:
         ratios = [e / s for s, e in zip(times["saliency"], times[rule])]
