@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lrpfx import metrics
 from lrpfx.audit import AuditReport, NodeAudit
 from lrpfx.capture import CaptureError
 from lrpfx.explainer import Explainer, Explanation, Target
@@ -125,5 +126,5 @@ def explain(
 
 __all__ = [
     "AuditReport", "CaptureError", "CoverageReport", "Explainer", "Explanation", "NodeAudit",
-    "NodeReport", "UnsupportedOpError", "check", "compile", "explain", "__version__",
+    "NodeReport", "UnsupportedOpError", "check", "compile", "explain", "metrics", "__version__",
 ]

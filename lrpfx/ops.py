@@ -66,6 +66,12 @@ def mul(input: Tensor, other: Tensor) -> Tensor:
     return torch.mul(input, other)
 
 
+def div(input: Tensor, other: Tensor | float) -> Tensor:
+    """Element-wise quotient ``input / other`` with ``other`` a tensor (a constant, or an
+    activation); division by a Python number is data movement, not this op."""
+    return torch.div(input, other)
+
+
 def relu(input: Tensor) -> Tensor:
     return torch.relu(input)
 
@@ -173,6 +179,35 @@ def layer_norm(
     return F.layer_norm(input, normalized_shape, weight, bias, eps)
 
 
+def rms_norm(
+    input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float | None
+) -> Tensor:
+    """RMS norm over the last ``len(normalized_shape)`` dims:
+    ``input · rsqrt(mean(input²) + eps)``, then ``weight ·`` (after a cast to the weight's
+    dtype, as Hugging Face's LLaMA-style norms do). ``eps=None``: the machine epsilon of the
+    input's dtype (``F.rms_norm``'s default). Only the length of ``normalized_shape`` is used
+    (an RMS norm spelt out in a traced graph, which carries no shapes, has −1 sizes)."""
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    dims = list(range(-len(normalized_shape), 0))
+    out = input * torch.rsqrt(input.pow(2).mean(dims, keepdim=True) + eps)
+    return out if weight is None else weight * out.to(weight.dtype)
+
+
+def normalize(input: Tensor, p: float, dim: Sequence[int], eps: float | None) -> Tensor:
+    """``input / max(‖input‖_p, eps)`` over ``dim`` (``F.normalize``; ``eps=None``: no clamp, as
+    in ``x / x.norm(dim=-1, keepdim=True)``)."""
+    norm = torch.linalg.vector_norm(input, p, list(dim), keepdim=True)
+    return input / (norm if eps is None else norm.clamp_min(eps)).expand_as(input)
+
+
+def group_norm(
+    input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """Group norm over channel groups (dim 1) and all spatial dims; per-channel affine."""
+    return F.group_norm(input, num_groups, weight, bias, eps)
+
+
 def additive_mask(x: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
     """``mask`` in ``scaled_dot_product_attention``'s convention (bool: True = attend; float:
     added), plus a causal mask, as one additive mask (or None)."""
@@ -226,7 +261,8 @@ CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
     for fn in (
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
         tanh, hardswish, hardsigmoid, elu, softplus, mish, pow, dropout, max_pool, avg_pool,
-        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, einsum, embedding,
+        adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, einsum, embedding, div,
+        rms_norm, group_norm, normalize,
     )
 }
 """Name → function for every canonical op."""
@@ -242,7 +278,10 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     "add": ("input", "other"),
     "sub": ("input", "other"),
     "mul": ("input", "other"),
+    "div": ("input", "other"),
     "layer_norm": ("input", "weight", "bias"),
+    "rms_norm": ("input", "weight"),
+    "group_norm": ("input", "weight", "bias"),
     "softmax": ("input", "mask"),
     "matmul": ("input", "other"),
     "embedding": ("weight", "indices"),
@@ -254,10 +293,10 @@ OP_KIND: dict[str, str] = {
     "conv": "affine", "linear": "affine", "batch_norm": "affine",
     "add": "sum", "sub": "sum",
     "avg_pool": "pool", "adaptive_avg_pool": "pool", "mean": "pool", "sum": "pool",
-    "mul": "product", "matmul": "product", "einsum": "product",
+    "mul": "product", "div": "product", "matmul": "product", "einsum": "product",
     "max_pool": "max",
     "dropout": "identity",
-    "layer_norm": "norm",
+    "layer_norm": "norm", "rms_norm": "norm", "group_norm": "norm", "normalize": "norm",
     "softmax": "softmax",
     "embedding": "source",
 } | {name: "activation" for name in (
@@ -269,10 +308,13 @@ OP_KIND: dict[str, str] = {
 - ``affine``: linear in its input with constant weight and bias (the LRP z-rules apply);
 - ``sum``: element-wise sum/difference of activations (and constants);
 - ``pool``: linear with non-negative fixed weights (average pooling, mean, sum);
-- ``product``: bilinear in two activations (element-wise product, matmul, einsum);
+- ``product``: bilinear in two activations (element-wise product, matmul, einsum), or a
+  quotient ``input / other`` (a product with the divisor's reciprocal; the divisor is usually a
+  constant);
 - ``max``: max pooling (winner takes all);
 - ``identity``: the identity in eval mode (dropout);
-- ``norm``: normalisation with statistics treated as constants (layer norm, RMS norm);
+- ``norm``: normalisation with statistics treated as constants (layer norm, RMS norm, group
+  norm, L_p normalisation);
 - ``softmax``: softmax;
 - ``activation``: element-wise non-linearity ``y = f(x)``;
 - ``source``: where token relevance is read (embedding lookups).

@@ -336,8 +336,8 @@ def test_relevance_at_inner_nodes_is_the_input_map_of_the_cut_model():
 def test_every_rule_set_on_a_cnn_with_both_frontends(rule):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.GELU(), nn.Flatten(),
-                        nn.Linear(4 * 2 * 2, 3)).to(D).eval()
+                        nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.GroupNorm(2, 4), nn.GELU(),
+                        nn.Flatten(), nn.LayerNorm(16), nn.Linear(4 * 2 * 2, 3)).to(D).eval()
     x = torch.randn(2, 3, 8, 8, dtype=D)
     a = lrpfx.compile(net, rule=rule).explain(x, target=1)
     b = lrpfx.compile(net, rule=rule, frontend="symbolic_trace").explain(x, target=1)

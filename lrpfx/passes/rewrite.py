@@ -71,6 +71,8 @@ class _ConstantEvaluator:
     def __call__(self, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return type(value)(self(v) for v in value)
+        if isinstance(value, slice):  # `t[a:b]` with computed bounds (symbolic_trace)
+            return slice(self(value.start), self(value.stop), self(value.step))
         if not isinstance(value, fx.Node):
             return value
         if value in self.cache:
@@ -91,7 +93,39 @@ class _ConstantEvaluator:
         if isinstance(result, torch.Tensor):
             result = result.detach()
         self.cache[n] = result
+        if isinstance(result, torch.Tensor) and not _view_of_attr(n):
+            self._mutate(n)
         return result
+
+    def _mutate(self, n: fx.Node) -> None:
+        """Apply the in-place ops that mutate ``n`` (or a view of it), as the graph does before
+        reading it (torchvision's Swin V2 zeroes a slice of a cloned bias). The model's own
+        parameters and buffers (and views of them) are never mutated here."""
+        for user in list(n.users):
+            if not user.args or user.args[0] is not n:
+                continue
+            if not (_op_name(user) in _VIEWS or _mutates(user)) or user in self.cache:
+                continue
+            try:
+                self(user)  # a view is mutated through in its own turn
+            except Exception:  # noqa: BLE001 - depends on the input: not a constant mutation
+                continue
+
+
+_VIEWS = frozenset({"slice", "select", "narrow", "view", "unsqueeze", "squeeze", "alias",
+                    "getitem", "transpose", "permute", "t", "expand", "as_strided"})
+
+
+def _op_name(n: fx.Node) -> str:
+    return getattr(n.target, "__name__", str(n.target)).split(".")[0]
+
+
+def _view_of_attr(n: fx.Node) -> bool:
+    """Is ``n`` a parameter or buffer of the model, or a view of one? (never mutated here)"""
+    while n.op != "get_attr" and n.args and isinstance(n.args[0], fx.Node) \
+            and _op_name(n) in _VIEWS:
+        n = n.args[0]
+    return n.op == "get_attr"
 
 
 def _classify(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> tuple[str, str, str | None]:

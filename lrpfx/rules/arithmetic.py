@@ -1,10 +1,13 @@
-"""Element-wise add, sub and mul of tensors (either operand may be a constant or a number).
+"""Element-wise add, sub, mul and div of tensors (either operand may be a constant or a number).
 
 absLRP (DESIGN.md §4.1), ``ha`` the same op on absolute operands:
 
 - ``y = a + b``: ``VJP_a = (1 + sign a) s``, i.e. ``R_a = 2 a⁺ s`` (and likewise for b);
 - ``y = a − b``: ``VJP_a = (1 + sign a) s``, ``VJP_b = −(1 + sign b) s``;
-- ``y = a · b``: ``VJP_a = (b + sign(a) |b|) s``, i.e. ``R_a = 2 (a b)⁺ s``.
+- ``y = a · b``: ``VJP_a = (b + sign(a) |b|) s``, i.e. ``R_a = 2 (a b)⁺ s``;
+- ``y = a / b`` (``b`` a tensor; ``ha = |a| / |b|``): ``VJP_a = (1/b + sign(a)/|b|) s``, i.e.
+  ``R_a = 2 (a/b)⁺ s``, and ``VJP_b = −(a + sign(b)|a|)/b² s``, i.e. ``R_b = −2 (a/b)⁺ s``
+  (a divisor that carries relevance gets it negated: growing it shrinks the output).
 
 Each relevance-carrying operand is then normalised on its own, so the two inputs of a residual
 add each leave with ``Σ|R| = 1`` (DESIGN.md §4.2). Constants and numbers get no relevance.
@@ -46,9 +49,29 @@ def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
     return factors
 
 
+def _div_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+    # (1/b + sign(a)/|b|) s = 2 [a b > 0] / b ⊙ s;  −(a + sign(b)|a|)/b² s = −2 [a b > 0] a/b² ⊙ s
+    args = call.arguments(inputs)
+    a, b = args["input"], args["other"]
+    if not isinstance(a, Tensor):
+        a = torch.as_tensor(a, dtype=out.dtype, device=out.device)
+    if not isinstance(b, Tensor):
+        b = torch.as_tensor(b, dtype=out.dtype, device=out.device)
+    sgn = stabilised_ratio(out)
+    keep = ((a * b) > 0).to(out.dtype)
+    factors = {}
+    if "input" in call.relevant:
+        factors["input"] = sgn * keep / b
+    if "other" in call.relevant:
+        factors["other"] = -sgn * keep * a / (b * b)
+    return factors
+
+
 ABSLRP.register(RuleSpec("add", AbsLRPFunction, None, diag=_add_diag(1.0),
                          relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("sub", AbsLRPFunction, None, diag=_add_diag(-1.0),
                          relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("mul", AbsLRPFunction, None, diag=_mul_diag,
+                         relevance_args=("input", "other")))
+ABSLRP.register(RuleSpec("div", AbsLRPFunction, None, diag=_div_diag,
                          relevance_args=("input", "other")))

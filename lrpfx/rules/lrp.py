@@ -119,7 +119,7 @@ def _weight_forward(call: RuleCall, x: Tensor, w: Tensor) -> Tensor:
     return call.op(**{**call.arguments({"input": x}), "weight": w, "bias": None})
 
 
-_DIAG_OPS = frozenset({"batch_norm", "layer_norm", "rms_norm"})
+_DIAG_OPS = frozenset({"batch_norm", "layer_norm", "rms_norm", "group_norm", "normalize"})
 
 
 def _diag_scale(call: RuleCall, x: Tensor) -> Tensor:
@@ -137,6 +137,16 @@ def _diag_scale(call: RuleCall, x: Tensor) -> Tensor:
         a = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
         w = call.constant("weight")
         return a if w is None else a * w
+    if call.spec.op == "group_norm":
+        g = x.reshape(x.shape[0], call.static["num_groups"], -1)
+        a = torch.rsqrt(g.var(-1, unbiased=False, keepdim=True) + call.static["eps"])
+        a = a.expand_as(g).reshape(x.shape)
+        w = call.constant("weight")
+        return a if w is None else a * w.reshape(1, -1, *[1] * (x.dim() - 2))
+    if call.spec.op == "normalize":
+        st = call.static
+        norm = torch.linalg.vector_norm(x, st["p"], list(st["dim"]), keepdim=True)
+        return 1 / (norm if st["eps"] is None else norm.clamp_min(st["eps"]))
     raise NotImplementedError(f"no statistics-constant form for {call.spec.op}")
 
 

@@ -1,4 +1,4 @@
-"""Layer norm.
+"""Layer norm, RMS norm, group norm, L_p normalisation (``F.normalize``).
 
 absLRP (DESIGN.md §4.1, reference semantics): mean and variance are constants (detached); the
 absolute branch recomputes them from ``|x|``::
@@ -7,7 +7,8 @@ absolute branch recomputes them from ``|x|``::
     ha = (|x| − μ(|x|)) / σ(|x|) · |γ| + |β|
     VJP_x(h + ha; s) = s ⊙ (γ / σ(x) + sign(x) ⊙ |γ| / σ(|x|))
 
-|γ| is computed once at compile time.
+|γ| is computed once at compile time. RMS norm, group norm and ``F.normalize`` follow the same
+pattern (their equations are below, with their rules).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -29,18 +30,100 @@ def _layer_norm_derive(call: RuleCall) -> dict[str, Tensor]:
     return {} if weight is None else {"abs_weight": weight.abs()}
 
 
-def _layer_norm_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-                    ) -> dict[str, Tensor]:
+def _statistics_diag(sigma, weight_shape):  # noqa: ANN001, ANN202 - two small closures
+    """The factor ``y/(|y|+EPS) ⊙ (γ/σ(x) + sign(x) ⊙ |γ|/σ(|x|))`` (computed once per forward;
+    ``VJP_x = F ⊙ G``) for a normalisation with statistic ``sigma(call, x)``."""
+
+    def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+        x = inputs["input"]
+        plain = torch.reciprocal(sigma(call, x))
+        absolute = torch.sign(x).div_(sigma(call, x.abs()))
+        weight = call.constant("weight")
+        if weight is not None:
+            shape = weight_shape(x, weight)
+            plain = plain * weight.reshape(shape)
+            absolute = absolute.mul_(call.derived("abs_weight").reshape(shape))
+        return {"input": stabilised_ratio(out).mul_(absolute.add_(plain))}
+
+    return diag
+
+
+ABSLRP.register(RuleSpec(
+    "layer_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
+    diag=_statistics_diag(
+        lambda call, x: _sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
+        lambda x, w: w.shape)))
+
+
+# ----------------------------------------------------------------------------- RMS norm
+#
+#   h  = x / r(x) · w                r(x) = sqrt(mean(x²) + ε) over the normalised dims
+#   ha = |x| / r(|x|) · |w|          r(|x|) = r(x): the squares are the same
+#   VJP_x(h + ha; s) = s ⊙ (w + sign(x) ⊙ |w|) / r(x)          (w = 1 without a weight)
+#
+# so R_x = 2 (x w)⁺ / r(x) ⊙ s: the statistic is a constant (detached), as in layer norm.
+# With s = G ⊙ y/(|y| + EPS) this is the element-wise factor y/(|y|+EPS) ⊙ w [x w > 0] / r(x)
+# (the constant 2 dropped), computed once per forward.
+
+
+def _rms(x: Tensor, ndim: int, eps: float | None) -> Tensor:
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    dims = tuple(range(-ndim, 0))
+    return torch.sqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+
+
+def _rms_norm_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
     x = inputs["input"]
-    ndim, eps = len(call.static["normalized_shape"]), call.static["eps"]
+    ratio = stabilised_ratio(out)
+    inv = 1.0 / _rms(x, len(call.static["normalized_shape"]), call.static["eps"]).to(out.dtype)
     weight = call.constant("weight")
-    plain = s / _sigma(x, ndim, eps)
-    absolute = torch.sign(x) * s / _sigma(x.abs(), ndim, eps)
-    if weight is not None:
-        plain = plain * weight
-        absolute = absolute * call.derived("abs_weight")
-    return {"input": plain + absolute}
+    if weight is None:
+        return {"input": ratio.mul_(inv).mul_(x > 0)}
+    w = weight.to(out.dtype)
+    return {"input": ratio.mul_(inv).mul_(w).mul_((x * w) > 0)}
 
 
-ABSLRP.register(RuleSpec("layer_norm", AbsLRPFunction, _layer_norm_vjp,
-                         derive=_layer_norm_derive))
+ABSLRP.register(RuleSpec("rms_norm", AbsLRPFunction, None, diag=_rms_norm_diag))
+
+
+# ----------------------------------------------------------------------------- group norm
+#
+# Layer norm's rule with the statistics per (example, channel group) over the group's channels
+# and all spatial positions, and a per-channel affine (γ, β on dim 1):
+#
+#   VJP_x(h + ha; s) = s ⊙ (γ / σ_g(x) + sign(x) ⊙ |γ| / σ_g(|x|))
+
+
+def _group_sigma(x: Tensor, groups: int, eps: float) -> Tensor:
+    grouped = x.reshape(x.shape[0], groups, -1)
+    sigma = torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
+    return sigma.expand_as(grouped).reshape(x.shape)
+
+
+ABSLRP.register(RuleSpec(
+    "group_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
+    diag=_statistics_diag(
+        lambda call, x: _group_sigma(x, call.static["num_groups"], call.static["eps"]),
+        lambda x, w: (1, -1, *[1] * (x.dim() - 2)))))
+
+
+# ----------------------------------------------------------------------------- L_p normalisation
+#
+#   h  = x / n(x)         n(x) = max(‖x‖_p, eps) over dim, a constant (detached)
+#   ha = |x| / n(|x|)     n(|x|) = n(x)
+#   VJP_x(h + ha; s) = s ⊙ (1 + sign x) / n(x)
+#
+# so R_x = 2 x⁺ / n(x) ⊙ s: the factor y/(|y|+EPS) ⊙ [x > 0] / n(x) (the 2 dropped).
+
+
+def _normalize_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+    x = inputs["input"]
+    st = call.static
+    norm = torch.linalg.vector_norm(x, st["p"], list(st["dim"]), keepdim=True)
+    if st["eps"] is not None:
+        norm = norm.clamp_min(st["eps"])
+    return {"input": stabilised_ratio(out).mul_(x > 0).div_(norm)}
+
+
+ABSLRP.register(RuleSpec("normalize", AbsLRPFunction, None, diag=_normalize_diag))
