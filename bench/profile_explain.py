@@ -35,7 +35,7 @@ import lrpfx.rules.abslrp as abslrp  # noqa: E402
 def instrument(explainer: torch.nn.Module) -> None:
     """Label every rule's backward, its VJP and its L1 reduction for the profiler."""
     original_backward = abslrp.AbsLRPFunction.backward
-    original_l1 = abslrp.per_example_l1
+    original_l1 = abslrp.safe_l1
 
     def backward(ctx, grad):  # noqa: ANN001, ANN202
         with record_function(f"rule::{ctx.call.spec.op}"):
@@ -47,7 +47,7 @@ def instrument(explainer: torch.nn.Module) -> None:
             return original_l1(t)
 
     abslrp.AbsLRPFunction.backward = staticmethod(backward)
-    abslrp.per_example_l1 = l1
+    abslrp.safe_l1 = l1
     for module in explainer.modules():
         spec = getattr(module, "spec", None)
         if spec is None or getattr(spec.vjp, "_lrpfx_wrapped", False):

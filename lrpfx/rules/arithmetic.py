@@ -27,10 +27,12 @@ def _add_diag(sign_other: float):
     def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         # (1 + sign a) ⊙ s, s = G ⊙ y/(|y|+ε): 2 [a > 0] y/(|y|+ε) G (negated for b in a − b)
         sgn = stabilised_ratio(out)
-        if sign_other < 0:
-            return {name: sgn * (inputs[name] > 0) * (1.0 if name == "input" else -1.0)
-                    for name in call.relevant}
-        return {name: sgn * (inputs[name] > 0) for name in call.relevant}
+        factors = {}
+        for i, name in enumerate(call.relevant):
+            last = i + 1 == len(call.relevant)  # the last one may reuse sgn in place
+            f = (sgn.masked_fill_ if last else sgn.masked_fill)(inputs[name] <= 0, 0)
+            factors[name] = f.neg_() if sign_other < 0 and name != "input" else f
+        return factors
 
     return diag
 
@@ -45,7 +47,7 @@ def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
             other = torch.as_tensor(other, dtype=out.dtype, device=out.device)
-        factors[name] = sgn * other * ((x * other) > 0).to(out.dtype)
+        factors[name] = (sgn * other).masked_fill_((x * other) <= 0, 0)
     return factors
 
 

@@ -26,7 +26,9 @@ def per_example_l1(t: Tensor) -> Tensor:
     """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``."""
     if t.dim() <= 1:
         return t.abs().sum().reshape([1] * t.dim())
-    return t.abs().reshape(t.shape[0], -1).sum(1).reshape(-1, *[1] * (t.dim() - 1))
+    # one fused reduction, no |t| temporary
+    total = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), 1, dim=1)
+    return total.reshape(-1, *[1] * (t.dim() - 1))
 
 
 def unit_l1(t: Tensor) -> Tensor:

@@ -71,8 +71,7 @@ def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str
     # (a + sign(x)|a|) ⊙ s, s = G ⊙ y/(|y|+ε): 2 a [x a > 0] y/(|y|+ε) G
     x = inputs["input"]
     a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
-    keep = (x * a) > 0
-    return {"input": stabilised_ratio(out).mul_(a).mul_(keep)}
+    return {"input": stabilised_ratio(out).mul_(a).masked_fill_((x * a) <= 0, 0)}
 
 
 _linear_family("conv", _conv_transpose, _weight)
