@@ -200,16 +200,20 @@ def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float
     wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
     b = call.constant("bias")
     shape = (1, -1, *[1] * (r.dim() - 2)) if call.spec.op == "conv" else (-1,)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    zp = _weight_forward(call, xp, wp) + _weight_forward(call, xn, wn)
-    zn = _weight_forward(call, xp, wn) + _weight_forward(call, xn, wp)
+    bp = bn = 0.0
     if bias and b is not None:
-        zp = zp + b.clamp(min=0).reshape(shape)
-        zn = zn + b.clamp(max=0).reshape(shape)
-    sp, sn = _safe_div(r, zp), _safe_div(r, zn)
+        bp, bn = b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
+    if "input" in call.nonneg:  # x >= 0 from the graph: z⁺ = W⁺x, z⁻ = W⁻x, half the work
+        g = alpha * tr(x, _safe_div(r, _weight_forward(call, x, wp) + bp), wp)
+        if beta:
+            g = g - beta * tr(x, _safe_div(r, _weight_forward(call, x, wn) + bn), wn)
+        return g
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
     pos, neg = (x > 0).to(x.dtype), (x < 0).to(x.dtype)
+    sp = _safe_div(r, _weight_forward(call, xp, wp) + _weight_forward(call, xn, wn) + bp)
     g = alpha * (pos * tr(x, sp, wp) + neg * tr(x, sp, wn))
     if beta:
+        sn = _safe_div(r, _weight_forward(call, xp, wn) + _weight_forward(call, xn, wp) + bn)
         g = g - beta * (pos * tr(x, sn, wn) + neg * tr(x, sn, wp))
     return g
 
