@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 import lrpfx
+from lrpfx.explainer import class_scores
 from lrpfx.preprocess import (
     ImagePreprocessor,
     default_preprocessor,
@@ -471,17 +472,10 @@ def _rule_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _class_scores(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        scores = out
-    elif hasattr(out, "logits"):
-        scores = out.logits
-    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        scores = out[0]
-    else:
-        raise CLIError(f"cannot find class scores in the model's output ({type(out).__name__})")
-    if scores.dim() != 2:
-        raise CLIError(f"the model returns shape {tuple(scores.shape)}, not class scores (B, C)")
-    return scores
+    try:
+        return class_scores(out)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _compile(loaded: LoadedModel, args: argparse.Namespace) -> lrpfx.Explainer:

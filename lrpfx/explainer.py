@@ -373,7 +373,7 @@ class Explainer(nn.Module):
             p_args, p_kwargs = _with_value(
                 tuple(v.repeat(k, *[1] * (v.dim() - 1)) for v in args), rest, explained, path)
             with torch.enable_grad():
-                logits = _logits(_run(gm, p_args, p_kwargs, value))
+                logits = class_scores(_run(gm, p_args, p_kwargs, value))
                 for i, seed in enumerate(seeds):
                     (g,) = torch.autograd.grad(logits, path, seed.repeat(k, 1),
                                                retain_graph=i + 1 < len(seeds))
@@ -399,8 +399,8 @@ class Explainer(nn.Module):
                 raise ValueError("a callable target must return a tensor of shape (B,)")
             # G_out = ∂score/∂out, so R_out = out ⊙ ∂score/∂out, for each example
             return scores, [torch.ones_like(scores)], scores.detach()
-        out = _logits(raw)
-        target_t = _resolve_target(target, out)
+        out = class_scores(raw)
+        target_t = resolve_target(target, out)
         positive = F.one_hot(target_t, out.shape[1]).to(out.dtype)
         seeds = [positive]
         if negative:
@@ -594,11 +594,21 @@ def _check_input(x: Any, text: bool = False) -> None:
         raise ValueError("x contains NaN or inf")
 
 
-def _logits(out: Any) -> Tensor:
+def class_scores(out: Any) -> Tensor:
+    """The class scores ``(B, C)`` in a model's output: the tensor itself, ``out["logits"]`` /
+    ``out.logits`` (Hugging Face), or the first element of a tuple.
+
+    Raises
+    ------
+    ValueError
+        No such tensor, or not two-dimensional.
+    """
     if isinstance(out, Tensor):
         logits = out
     elif isinstance(out, Mapping) and "logits" in out:
         logits = out["logits"]
+    elif isinstance(getattr(out, "logits", None), Tensor):
+        logits = out.logits
     elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         logits = out[0]
     else:
@@ -609,7 +619,15 @@ def _logits(out: Any) -> Tensor:
     return logits
 
 
-def _resolve_target(target: Target, out: Tensor) -> Tensor:
+def resolve_target(target: Target, out: Tensor) -> Tensor:
+    """The target class of each example, a LongTensor ``(B,)`` on ``out``'s device: the
+    argmax for None, an int for every example, or a tensor of shape ``(B,)`` (or one element).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an integer class index, wrong shape, out of range.
+    """
     b, c = out.shape
     if target is None:
         return out.argmax(1)
@@ -631,4 +649,4 @@ def _resolve_target(target: Target, out: Tensor) -> Tensor:
     return t
 
 
-__all__ = ["Explainer", "Explanation"]
+__all__ = ["Explainer", "Explanation", "class_scores", "resolve_target"]

@@ -31,7 +31,7 @@ from lrpfx.preprocess import (  # noqa: E402
     timm_preprocessor,
     torchvision_preprocessor,
 )
-from lrpfx.viz import PANELS_KEY, heatmap_rgb  # noqa: E402
+from lrpfx.viz import heatmap_rgb, read_panel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DIGITS = [0, 1, 2, 3]
@@ -89,17 +89,6 @@ def digits_run(digit_files, tmp_path_factory):
     code = main(["explain", str(root), "--model", "digits", "--target", "top2", "--out",
                  str(out), "--save-maps", "--batch-size", "3", "-q"])
     return code, out
-
-
-def read_panel(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
-    """Colours of a figure panel at the centre of each map pixel, ``(H, W, 3)`` in [0, 1]."""
-    im = Image.open(path)
-    left, top, right, bottom = json.loads(im.text[PANELS_KEY])[name]
-    rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255
-    h, w = shape
-    ys = (top + (np.arange(h) + 0.5) * (bottom - top) / h).astype(int)
-    xs = (left + (np.arange(w) + 0.5) * (right - left) / w).astype(int)
-    return rgb[ys][:, xs]
 
 
 # ----------------------------------------------------------------------------- explain

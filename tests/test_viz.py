@@ -18,21 +18,10 @@ from lrpfx.viz import (  # noqa: E402
     heatmap_rgb,
     normalise_maps,
     overlay,
+    read_panel,
     save_explanation,
     save_grid,
 )
-
-
-def read_panel(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
-    """The colours of panel ``name`` of a :func:`save_explanation` PNG, sampled at the centre
-    of each of the ``shape`` map pixels: ``(H, W, 3)`` in ``[0, 1]``."""
-    im = Image.open(path)
-    left, top, right, bottom = json.loads(im.text[PANELS_KEY])[name]
-    rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255
-    h, w = shape
-    ys = (top + (np.arange(h) + 0.5) * (bottom - top) / h).astype(int)
-    xs = (left + (np.arange(w) + 0.5) * (right - left) / w).astype(int)
-    return rgb[ys][:, xs]
 
 
 def _ramp() -> np.ndarray:

@@ -8,12 +8,13 @@ own explainer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lrpfx.explainer import class_scores, resolve_target
 from lrpfx.rules.base import EPS
 
 __all__ = [
@@ -54,51 +55,8 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
-def logits_of(out: Any) -> Tensor:
-    """Class scores ``(B, K)`` from a model output (a tensor, ``.logits``, a mapping with
-    ``"logits"`` or a tuple whose first item is the scores)."""
-    if isinstance(out, Tensor):
-        logits = out
-    elif isinstance(out, Mapping) and "logits" in out:
-        logits = out["logits"]
-    elif isinstance(getattr(out, "logits", None), Tensor):
-        logits = out.logits
-    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        logits = out[0]
-    else:
-        raise ValueError(f"cannot find class scores in the model output ({type(out).__name__})")
-    if logits.dim() != 2:
-        raise ValueError(f"the metrics need class scores of shape (B, K); "
-                         f"the model returned {tuple(logits.shape)}")
-    return logits
-
-
-def resolve_target(target: MetricTarget, logits: Tensor) -> Tensor:
-    """The explained class of each image as a LongTensor ``(B,)`` on ``logits``' device.
-
-    Parameters
-    ----------
-    target
-        None (the predicted class, ``argmax`` of ``logits``), an int, or a LongTensor ``(B,)``.
-    logits
-        The model's scores ``(B, K)`` for the images.
-    """
-    b, k = logits.shape
-    if target is None:
-        return logits.argmax(1)
-    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"target must be None, an int or a LongTensor, got {type(target).__name__}")
-    if isinstance(target, int):
-        t = torch.full((b,), target, dtype=torch.long, device=logits.device)
-    else:
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got {target.dtype}")
-        if target.dim() != 1 or target.shape[0] != b:
-            raise ValueError(f"target must have shape ({b},); got {tuple(target.shape)}")
-        t = target.to(device=logits.device, dtype=torch.long)
-    if ((t < 0) | (t >= k)).any():
-        raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1})")
-    return t
+logits_of = class_scores
+"""The class scores ``(B, K)`` in a model's output (:func:`lrpfx.explainer.class_scores`)."""
 
 
 def call_explain(explain_fn: ExplainFn, x: Tensor, target: Tensor) -> Tensor:
