@@ -880,10 +880,7 @@ METRICS = ("gae", "sensitivity-n", "insertion-deletion")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    try:
-        import lrpfx.metrics as metrics
-    except ImportError as e:  # pragma: no cover - the metrics ship with lrpfx
-        raise CLIError(f"not available: lrpfx.metrics cannot be imported ({e})") from e
+    from lrpfx import distributed
 
     device = resolve_device(args.device)
     chosen = [m.strip().lower() for m in args.metric.split(",") if m.strip()]
@@ -922,33 +919,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     seed = args.seed
     start = time.perf_counter()
+    rank = _init_distributed(device)
+    block = max(4, 4 * (args.block_size // 4))
     for rule in rules:
         explainer = _compile(loaded, argparse.Namespace(**{**vars(args), "rule": rule})
                              ).to(device)
         row: dict[str, Any] = {}
         progress = not args.quiet
+
+        def run(name: str, explain: Any = explainer.explain, progress: bool = progress,
+                **options: Any) -> Any:
+            # blocks of images, block b on rank b mod world (torchrun), each seeded from
+            # (seed, b): the same numbers on any number of processes
+            return distributed.evaluate(name, model, explain, x, block_size=block,
+                                        seed=seed, progress=progress, **options)
+
         try:
             if "gae" in chosen:
-                g = metrics.gae(model, explainer.explain, x, steps=args.gae_steps,
-                                batch_size=max(4, 4 * (args.batch_size // 4)),
-                                generator=torch.Generator().manual_seed(seed),
-                                progress=progress)
+                g = run("gae", steps=args.gae_steps,
+                        batch_size=max(4, 4 * (args.batch_size // 4)))
                 row["gae"] = g.means
             if "sensitivity-n" in chosen:
-                s = metrics.sensitivity_n(model, explainer.explain, x, n_subsets=args.subsets,
-                                          feature=args.feature,
-                                          generator=torch.Generator().manual_seed(seed),
-                                          batch_size=args.batch_size, progress=progress)
+                s = run("sensitivity_n", n_subsets=args.subsets, feature=args.feature,
+                        batch_size=args.batch_size)
                 row["sensitivity_n"] = {"n": [int(n) for n in s.ns],
                                         "correlation": [float(c) for c in s.mean]}
             if "insertion-deletion" in chosen:
-                i = metrics.insertion_deletion(model, explainer.explain, x,
-                                               steps=args.insertion_steps,
-                                               batch_size=args.batch_size, progress=progress)
+                i = run("insertion_deletion", steps=args.insertion_steps,
+                        batch_size=args.batch_size)
                 row["insertion_deletion"] = i.means
         except ValueError as e:  # e.g. odd image sizes for GAE's mosaics
             raise CLIError(f"{rule}: {_first_line(e)}") from e
         results[rule] = row
+    if rank != 0:
+        return 0  # every rank has the same results; rank 0 reports them
     summary = {"lrpfx_version": lrpfx.__version__, "command": "evaluate", "model": args.model,
                "weights": args.weights, "random_init": loaded.random_init, "data": source,
                "input_size": list(x.shape[1:]), "seed": seed, "metrics": chosen,
@@ -965,6 +969,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         + table + "\n", encoding="utf-8")
     print(f"wrote {out_dir / 'evaluation.json'} and {out_dir / 'evaluation.md'}")
     return 0
+
+
+def _init_distributed(device: torch.device) -> int:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); the rank."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _evaluation_table(summary: dict[str, Any]) -> str:
@@ -1119,7 +1132,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge the maps: GAE, Sensitivity-n, insertion/deletion",
         description=_wrap("Evaluate relevance maps with lrpfx.metrics on images (or, for "
                           "--model digits, on its test split) and print a table of means per "
-                          "rule set; writes evaluation.json and evaluation.md in --out."))
+                          "rule set; writes evaluation.json and evaluation.md in --out. "
+                          "Under torchrun (torchrun --nproc_per_node N -m lrpfx evaluate ...) the "
+                          "blocks of images are shared out over the processes, with the same "
+                          "results as one process."))
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files or folders (optional for --model digits)")
     _add_model_args(p)
@@ -1127,7 +1143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more rule sets to evaluate side by side (e.g. gradient_x_input)")
     p.add_argument("--metric", default=",".join(METRICS),
                    help=f"comma-separated subset of {', '.join(METRICS)} (default: all)")
-    p.add_argument("--n", type=int, default=16, help="images to use at most (16)")
+    p.add_argument("--n", "--max-images", dest="n", type=int, default=16,
+                   help="images to use at most (16); spell it --max-images under torchrun")
     p.add_argument("--gae-steps", type=int, default=10, help="GAE masking steps (10)")
     p.add_argument("--subsets", type=int, default=100,
                    help="Sensitivity-n random subsets per image and n (100)")
@@ -1137,6 +1154,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="points of the insertion/deletion curves (100)")
     p.add_argument("--batch-size", "-b", type=int, default=16, help="images per batch (16)")
     p.add_argument("--seed", type=int, default=0, help="seed of GAE and Sensitivity-n (0)")
+    p.add_argument("--block-size", type=int, default=64,
+                   help="images per block (64, a multiple of 4): the unit of work shared out "
+                   "over processes under torchrun; block b is seeded from (seed, b)")
     p.add_argument("--out", "-o", default="lrpfx_out", help="output folder (default: lrpfx_out)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
