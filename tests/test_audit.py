@@ -88,3 +88,25 @@ def test_check_ok_model():
     assert report.ok and report.rule_set == "epsilon"
     assert [n.canonical for n in report.nodes if n.status == "rule"] == ["linear", "relu",
                                                                         "linear"]
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else self.fc(-x)
+
+
+@pytest.mark.parametrize("frontend,name", [("export", "torch.export"),
+                                           ("symbolic_trace", "torch.fx.symbolic_trace")])
+def test_capture_failure_names_frontend_reason_and_what_to_try(frontend, name):
+    with pytest.raises(lrpfx.CaptureError) as err:
+        lrpfx.compile(_DataDependent().eval(), frontend=frontend,
+                      example_inputs=torch.randn(2, 3))
+    message = str(err.value)
+    assert name in message and "_DataDependent" in message
+    assert "control flow" in message or "data-dependent" in message
+    if frontend == "export":
+        assert "What to try" in message and "symbolic_trace" in message
