@@ -273,7 +273,7 @@ class Explainer(nn.Module):
                 out, seeds, target_t = self._seeds(raw, target, negative)
                 maps, inner = [], []
                 for i, seed in enumerate(seeds):
-                    grads = torch.autograd.grad(out, [*leaves, *tapped], seed,
+                    grads = torch.autograd.grad(out, [*leaves, *(t for _, t in tapped)], seed,
                                                 retain_graph=i + 1 < len(seeds),
                                                 allow_unused=True)
                     gl, gt = grads[:len(leaves)], grads[len(leaves):]
@@ -288,7 +288,7 @@ class Explainer(nn.Module):
                     maps.append(r.sum(-1) if probes else r)
                     inner.append({name: (t.detach() * g if g is not None
                                          else torch.zeros_like(t))
-                                  for name, t, g in zip(taps, tapped, gt)})
+                                  for (name, t), g in zip(tapped, gt)})
 
         def parts(pos: Tensor, neg: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
             if normalize:
@@ -452,15 +452,16 @@ class _Tap(nn.Module):
     """Identity on a graph position named in ``explain(..., at=...)``; when armed, its output
     (whose gradient is the total ``G`` arriving at that tensor) is collected."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self.armed: list[Tensor] | None = None
+        self.name = name
+        self.armed: list[tuple[str, Tensor]] | None = None
 
     def forward(self, t: Tensor) -> Tensor:
         if self.armed is None:
             return t
         out = t.view_as(t)
-        self.armed.append(out)
+        self.armed.append((self.name, out))  # in execution order, not request order
         return out
 
 
@@ -476,7 +477,7 @@ def _tapped(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict
     root = {name: mod for name, mod in base.named_children()}
     for name in names:
         node = _position(graph, nodes, name)
-        tap = taps[name] = _Tap()
+        tap = taps[name] = _Tap(name)
         target = f"lrpfx_tap_{len(taps)}"
         root[target] = tap
         with graph.inserting_after(node):

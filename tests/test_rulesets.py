@@ -320,13 +320,17 @@ def test_relevance_at_inner_nodes_is_the_input_map_of_the_cut_model():
     net = _relu_net(2, 6, True, 4)
     x = torch.randn(3, 5, dtype=D)
     e = lrpfx.compile(net, rule="epsilon")
-    maps = e.explain(x, target=1, contrastive=False, normalize=False, at=["2"])
+    # asked for in the reverse of execution order: each map must still get its own name
+    maps = e.explain(x, target=1, contrastive=False, normalize=False, at=["2", "0"])
     h = net[:2](x).detach()  # the output of module "1" (ReLU) is the input of "2"
     tail = nn.Sequential(*list(net)[2:]).eval()
     expected_in = _raw(tail, h, "epsilon", target=1)
     out2 = net[:3](x).detach()
     expected_at = _raw(nn.Sequential(*list(net)[3:]).eval(), out2, "epsilon", target=1)
     torch.testing.assert_close(maps["2"], expected_at)
+    out0 = net[:1](x).detach()
+    expected_0 = _raw(nn.Sequential(*list(net)[1:]).eval(), out0, "epsilon", target=1)
+    torch.testing.assert_close(maps["0"], expected_0)
     assert maps["input"].shape == x.shape and expected_in.shape == h.shape
     with pytest.raises(ValueError, match="no relevance-carrying module"):
         e.explain(x, at=["nope"])
