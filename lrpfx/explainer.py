@@ -126,6 +126,10 @@ class Explainer(nn.Module):
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - nn.Module's own signature
         # remember dtype/device conversions for graphs captured later for new input shapes
         self._conversions.append(fn)
+        # views built from the graphs (taps for at=, float32 copies) hold the old tensors
+        self.__dict__.pop("_f32", None)
+        for g in self.graphs.values():
+            g.__dict__.pop("_lrpfx_taps", None)
         return super()._apply(fn, *args, **kwargs)
 
     @property

@@ -350,3 +350,17 @@ def test_every_rule_set_on_a_cnn_with_both_frontends(rule):
     # batch independence: a sample's map does not depend on its batch mates
     torch.testing.assert_close(lrpfx.compile(net, rule=rule).explain(x[:1], target=1), a[:1],
                                rtol=1e-9, atol=1e-12)
+
+
+def test_inner_relevance_after_a_dtype_conversion():
+    """Taps are views of the compiled graph: a later .double() must not leave them stale."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    e = lrpfx.compile(net)
+    before = e.explain(x, at=["1"])
+    e.double()
+    after = e.explain(x.double(), at=["1"])
+    assert after["1"].dtype == D
+    torch.testing.assert_close(after["1"], before["1"].double(), rtol=1e-4, atol=1e-5)
