@@ -67,19 +67,29 @@ class AuditReport:
 
 
 class Recorder:
-    """Hooks on every :class:`RuleCall` of some graphs that record relevance during one
-    backward pass (a context manager)."""
+    """Records relevance at every :class:`RuleCall` that runs while it is active (a context
+    manager; global module hooks, so graphs compiled inside it are seen too)."""
 
-    def __init__(self, graphs: list[nn.Module]) -> None:
-        self.calls = [m for g in graphs for m in g.modules() if isinstance(m, RuleCall)]
+    def __init__(self) -> None:
         self.records: dict[RuleCall, dict[str, Tensor]] = {}
         self.order: list[RuleCall] = []
         self._handles: list = []
 
     def __enter__(self) -> Recorder:
-        for call in self.calls:
-            self._handles.append(call.register_forward_pre_hook(self._pre))
-            self._handles.append(call.register_forward_hook(self._post))
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+
+        def pre(module: nn.Module, inputs: tuple) -> tuple | None:
+            return self._pre(module, inputs) if isinstance(module, RuleCall) else None
+
+        def post(module: nn.Module, inputs: tuple, out: object) -> None:
+            if isinstance(module, RuleCall):
+                self._post(module, inputs, out)
+
+        self._handles = [register_module_forward_pre_hook(pre),
+                         register_module_forward_hook(post)]
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -331,9 +331,7 @@ class Explainer(nn.Module):
         if self.ruleset.attribution in ("baseline", "integral"):
             raise ValueError(f"rule set {self.ruleset.name!r} has no single backward pass to "
                              "audit")
-        self.explain_parts(x, target, negative=False, normalize=False, **inputs)  # captures
-        graphs = [*self.graphs.values(), *(g for _, g in self.__dict__.get("_f32", {}).values())]
-        with Recorder(graphs) as rec:
+        with Recorder() as rec:
             # at=() runs the unfused graph: every rule is its own node there
             self.explain_parts(x, target, negative=False, normalize=False, at=(), **inputs)
         return rec.report(self.ruleset.name)
