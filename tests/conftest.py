@@ -1,5 +1,5 @@
-"""Shared fixtures. The golden maps live in ``../shared/golden`` beside the checkout (or where
-``LRPFX_GOLDEN`` points)."""
+"""Shared fixtures. The golden maps live in ``shared/golden`` beside the checkout or in a folder
+above it (or where ``LRPFX_GOLDEN`` points)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def golden_dir() -> Path:
     env = os.environ.get("LRPFX_GOLDEN")
     if env:
         return Path(env)
-    for candidate in (REPO / "shared" / "golden", REPO.parent / "shared" / "golden"):
+    # the checkout itself, or any folder above it (a clone in a temporary folder beside
+    # the project's shared/ still finds it)
+    for folder in (REPO, *REPO.parents):
+        candidate = folder / "shared" / "golden"
         if candidate.is_dir():
             return candidate
     return REPO.parent / "shared" / "golden"
