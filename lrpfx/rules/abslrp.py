@@ -57,6 +57,12 @@ class AbsLRPFunction(torch.autograd.Function):
             factors = dict(zip(ctx.factor_names, saved[:n]))
             kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:]))
             vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
+        elif ctx.prepared_names is not None:
+            n = len(ctx.prepared_names)
+            named = dict(zip(ctx.prepared_names, saved[:n]))
+            kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
+            scale, out = saved[-2:]
+            vjps = spec.vjp(call, named, grad * scale, out)
         else:
             *inputs, scale, out = saved
             named = dict(zip(call.relevant + call.runtime, inputs))
@@ -91,7 +97,15 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         scale = stabilised_ratio(out) if spec.divide else out
         if then is not None:
             scale = scale * then
-        ctx.save_for_backward(*inputs, scale, out if spec.needs_out else None)
+        kept_out = out if spec.needs_out else None
+        if spec.prepare is not None:
+            # the rule's own per-forward tensors (signs, [B; |B|], ...) replace the inputs
+            prepared = spec.prepare(call, named, out)
+            ctx.prepared_names = tuple(prepared)
+            ctx.save_for_backward(*prepared.values(), *kept, scale, kept_out)
+        else:
+            ctx.prepared_names = None
+            ctx.save_for_backward(*inputs, scale, kept_out)
 
 
 class ChainFunction(AbsLRPFunction):
@@ -131,6 +145,12 @@ def stabilised_ratio(out: Tensor, nonneg: bool = False) -> Tensor:
     One new tensor, filled in place (large allocations cost as much as a pass on CPU)."""
     r = out + EPS if nonneg else out.abs().add_(EPS)
     return torch.div(out, r, out=r)
+
+
+def positive_mask(x: Tensor) -> Tensor:
+    """``[x > 0]`` as a tensor of ``x``'s dtype. (``masked_fill``/``where`` take a slow path on
+    CPU, about 8x the cost of this pair of in-place element-wise ops.)"""
+    return torch.sign(x).clamp_(min=0)
 
 
 def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor

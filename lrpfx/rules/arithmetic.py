@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -30,7 +30,8 @@ def _add_diag(sign_other: float):
         factors = {}
         for i, name in enumerate(call.relevant):
             last = i + 1 == len(call.relevant)  # the last one may reuse sgn in place
-            f = (sgn.masked_fill_ if last else sgn.masked_fill)(inputs[name] <= 0, 0)
+            mask = positive_mask(inputs[name])
+            f = sgn.mul_(mask) if last and mask.dim() <= sgn.dim() else sgn * mask
             factors[name] = f.neg_() if sign_other < 0 and name != "input" else f
         return factors
 
@@ -47,7 +48,7 @@ def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
             other = torch.as_tensor(other, dtype=out.dtype, device=out.device)
-        factors[name] = (sgn * other).masked_fill_((x * other) <= 0, 0)
+        factors[name] = (sgn * other).mul_(positive_mask(x * other))
     return factors
 
 

@@ -38,8 +38,59 @@ def _softmax_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     return {"input": stabilised_ratio(out, nonneg=True).mul_(ha.mul_(sign).add_(out))}
 
 
+def _matmul_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
+                    ) -> dict[str, Tensor]:
+    """Per forward, for ``y = a @ b`` with ``a: (…, M, K)``, ``b: (…, K, N)``: the operands of
+    each VJP laid out so that both of its products are one (``[b; |b|]`` stacked on K), or a
+    single product where an operand is known non-negative (attention probabilities). Falls back
+    to keeping ``a`` and ``b`` when batch dimensions broadcast."""
+    args = call.arguments(inputs)
+    a, b = args["input"], args["other"]
+    if a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2]:
+        return {"input": a, "other": b}
+    kept = {}
+    if "input" in call.relevant:  # VJP_a = s bᵀ + sign(a) ⊙ s |b|ᵀ
+        if "input" in call.nonneg:
+            kept["a_pos_bt"] = b.clamp(min=0).transpose(-1, -2).contiguous()
+        else:
+            kept["a_cat_bt"] = torch.cat([b, b.abs()], dim=-2).transpose(-1, -2).contiguous()
+            kept["a_sign"] = torch.sign(a)
+    if "other" in call.relevant:  # VJP_b = aᵀ s + sign(b) ⊙ |a|ᵀ s
+        if "other" in call.nonneg:
+            kept["b_pos_at"] = a.clamp(min=0).transpose(-1, -2).contiguous()
+        elif "input" in call.nonneg:  # |a| = a: aᵀ s ⊙ (1 + sign b)
+            kept["b_at"] = a.transpose(-1, -2).contiguous()
+            kept["b_one_plus_sign"] = torch.sign(b).add_(1)
+        else:
+            kept["b_cat_at"] = torch.cat([a, a.abs()], dim=-1).transpose(-1, -2).contiguous()
+            kept["b_sign"] = torch.sign(b)
+    return kept
+
+
 def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
                 ) -> dict[str, Tensor]:
+    if "input" in inputs:  # broadcasting or 1-D operands: the formula on the inputs
+        return _matmul_vjp_general(call, inputs, s, out)
+    grads = {}
+    if "a_pos_bt" in inputs:  # 2 s (b⁺)ᵀ, the constant 2 dropped
+        grads["input"] = s @ inputs["a_pos_bt"]
+    elif "a_cat_bt" in inputs:
+        both = s @ inputs["a_cat_bt"]
+        plain, absolute = both.split(both.shape[-1] // 2, dim=-1)
+        grads["input"] = torch.addcmul(plain, inputs["a_sign"], absolute)
+    if "b_pos_at" in inputs:
+        grads["other"] = inputs["b_pos_at"] @ s
+    elif "b_at" in inputs:
+        grads["other"] = (inputs["b_at"] @ s).mul_(inputs["b_one_plus_sign"])
+    elif "b_cat_at" in inputs:
+        both = inputs["b_cat_at"] @ s
+        plain, absolute = both.split(both.shape[-2] // 2, dim=-2)
+        grads["other"] = torch.addcmul(plain, inputs["b_sign"], absolute)
+    return grads
+
+
+def _matmul_vjp_general(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+                        ) -> dict[str, Tensor]:
     args = call.arguments(inputs)
     a, b = args["input"], args["other"]
     if a.dim() < 2 or b.dim() < 2:
@@ -61,4 +112,4 @@ ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, None, diag=_softmax_diag,
 ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,
                          relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("matmul", AbsLRPFunction, _matmul_vjp,
-                         relevance_args=("input", "other")))
+                         relevance_args=("input", "other"), prepare=_matmul_prepare))

@@ -98,6 +98,10 @@ class RuleSpec:
     """Element-wise rules: ``diag(call, inputs, out) -> {name: F}`` with
     ``VJP_name(h + ha; s) ∝ F ⊙ G_y`` (positive per-example factors dropped). Computed once per
     forward and shared by the backward passes; replaces ``vjp`` and ``divide``."""
+    prepare: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
+    """``prepare(call, inputs, out) -> {name: tensor}``, run once per forward: what ``vjp`` reads
+    (it then receives this dict instead of the inputs). Lets a rule compute ``sign(x)`` or
+    ``[B; |B|]`` once for both backward passes of a contrastive map and keep only that."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -27,16 +27,30 @@ def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> di
     return {"input": stabilised_ratio(out).clamp_(min=0)}
 
 
+def _gelu_derivative(call: RuleCall, x: Tensor) -> Tensor:
+    approximate = call.static.get("approximate", "none")
+    return torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate=approximate)
+
+
+# f' in closed form where PyTorch has the kernel (no local autograd graph, no forward of f)
+_DERIVATIVES = {"gelu": _gelu_derivative}
+
+
 def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
                      ) -> dict[str, Tensor]:
-    # VJP_x(f(x) + f(|x|); s) = (f'(x) + sign(x) f'(|x|)) ⊙ s: both derivatives by one local
-    # autograd call on [x; |x|], once per forward
+    # VJP_x(f(x) + f(|x|); s) = (f'(x) + sign(x) f'(|x|)) ⊙ s: both derivatives once per forward,
+    # in closed form or by one local autograd call on [x; |x|]
     x = inputs["input"]
-    with torch.enable_grad():
-        both = torch.stack([x, x.abs()]).detach().requires_grad_(True)
-        y = call.op(**call.arguments((both,)))
-        (d,) = torch.autograd.grad(y, both, torch.ones_like(y))
-    return {"input": stabilised_ratio(out).mul_(d[0].addcmul_(torch.sign(x), d[1]))}
+    derivative = _DERIVATIVES.get(call.spec.op)
+    if derivative is not None:
+        d0, d1 = derivative(call, x), derivative(call, x.abs())
+    else:
+        with torch.enable_grad():
+            both = torch.stack([x, x.abs()]).detach().requires_grad_(True)
+            y = call.op(**call.arguments((both,)))
+            (d,) = torch.autograd.grad(y, both, torch.ones_like(y))
+        d0, d1 = d[0], d[1]
+    return {"input": stabilised_ratio(out).mul_(d0.addcmul_(torch.sign(x), d1))}
 
 
 ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag))

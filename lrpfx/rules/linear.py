@@ -22,6 +22,7 @@ from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 Transpose = Callable[[RuleCall, Tensor, Tensor, Tensor], Tensor]
+Both = Callable[[RuleCall, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
@@ -33,8 +34,26 @@ def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Ten
     )[0]
 
 
+def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    # T_W(s) and T_|W|(s) as one transposed convolution with weight [W, |W|] along the input
+    # channels (about the cost of one: the first layers' few input channels leave the kernel
+    # idle). The shape argument is never read, so an uninitialised one does.
+    if "cat_weight" not in call.derived_names:
+        return (_conv_transpose(call, x, s, _weight(call)),
+                _conv_transpose(call, x, s, call.derived("abs_weight")))
+    shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+    both = _conv_transpose(call, x.new_empty(shape), s, call.derived("cat_weight"))
+    return both.split(x.shape[1], dim=1)
+
+
 def _linear_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
     return s @ weight
+
+
+def _linear_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    # one matrix product with [W, |W|] instead of two
+    n = call.derived("cat_weight").shape[-1] // 2
+    return (s @ call.derived("cat_weight")).split(n, dim=-1)
 
 
 def _weight(call: RuleCall) -> Tensor:
@@ -48,32 +67,43 @@ def _bn_scale(call: RuleCall) -> Tensor:
     return scale if weight is None else weight * scale
 
 
-def _linear_family(op: str, transpose: Transpose, weight: Callable[[RuleCall], Tensor]) -> None:
+def _linear_family(op: str, transpose: Transpose, both: Both,
+                   concatenable: Callable[[RuleCall], bool]) -> None:
     def derive(call: RuleCall) -> dict[str, Tensor]:
-        w = weight(call)
+        w = _weight(call)
         if "input" in call.nonneg:
             return {"pos_weight": w.clamp(min=0)}
+        if concatenable(call):
+            return {"cat_weight": torch.cat([w, w.abs()], dim=1)}
         return {"abs_weight": w.abs()}
+
+    def prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
+        # the transposed convolution reads its input's shape; sign(x) once, not per pass
+        x = inputs["input"]
+        kept = {"input": x} if op == "conv" else {}
+        if "input" not in call.nonneg:
+            kept["sign"] = torch.sign(x)
+        return kept
 
     def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
             ) -> dict[str, Tensor]:
-        x = inputs["input"]
+        x = inputs.get("input")
         if "input" in call.nonneg:  # 2 W⁺ᵀ s, the constant 2 dropped
             return {"input": transpose(call, x, s, call.derived("pos_weight"))}
-        plain = transpose(call, x, s, weight(call))
-        absolute = transpose(call, x, s, call.derived("abs_weight"))
-        return {"input": torch.addcmul(plain, torch.sign(x), absolute)}
+        plain, absolute = both(call, x, s)
+        return {"input": torch.addcmul(plain, inputs["sign"], absolute)}
 
-    ABSLRP.register(RuleSpec(op, AbsLRPFunction, vjp, derive=derive))
+    ABSLRP.register(RuleSpec(op, AbsLRPFunction, vjp, derive=derive, prepare=prepare))
 
 
 def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
     # (a + sign(x)|a|) ⊙ s, s = G ⊙ y/(|y|+ε): 2 a [x a > 0] y/(|y|+ε) G
     x = inputs["input"]
     a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
-    return {"input": stabilised_ratio(out).mul_(a).masked_fill_((x * a) <= 0, 0)}
+    keep = torch.sign(x).mul_(torch.sign(a)).clamp_(min=0)  # [x a > 0]
+    return {"input": stabilised_ratio(out).mul_(a).mul_(keep)}
 
 
-_linear_family("conv", _conv_transpose, _weight)
-_linear_family("linear", _linear_transpose, _weight)
+_linear_family("conv", _conv_transpose, _conv_both, lambda call: call.static["groups"] == 1)
+_linear_family("linear", _linear_transpose, _linear_both, lambda call: True)
 ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag))

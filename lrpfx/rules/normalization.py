@@ -16,13 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
-def _sigma(x: Tensor, ndim: int, eps: float) -> Tensor:
-    dims = tuple(range(-ndim, 0))
-    return torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+def _inv_sigma(x: Tensor, ndim: int, eps: float) -> Tensor:
+    # 1/σ over the last ndim dims, biased variance: layer norm's own kernel returns it (several
+    # times faster on CPU than x.var)
+    return torch.native_layer_norm(x, x.shape[-ndim:], None, None, eps)[2]
 
 
 def _layer_norm_derive(call: RuleCall) -> dict[str, Tensor]:
@@ -30,14 +31,14 @@ def _layer_norm_derive(call: RuleCall) -> dict[str, Tensor]:
     return {} if weight is None else {"abs_weight": weight.abs()}
 
 
-def _statistics_diag(sigma, weight_shape):  # noqa: ANN001, ANN202 - two small closures
+def _statistics_diag(inv_sigma, weight_shape):  # noqa: ANN001, ANN202 - two small closures
     """The factor ``y/(|y|+EPS) ⊙ (γ/σ(x) + sign(x) ⊙ |γ|/σ(|x|))`` (computed once per forward;
-    ``VJP_x = F ⊙ G``) for a normalisation with statistic ``sigma(call, x)``."""
+    ``VJP_x = F ⊙ G``) for a normalisation with statistic ``1/σ = inv_sigma(call, x)``."""
 
     def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         x = inputs["input"]
-        plain = torch.reciprocal(sigma(call, x))
-        absolute = torch.sign(x).div_(sigma(call, x.abs()))
+        plain = inv_sigma(call, x)
+        absolute = torch.sign(x).mul_(inv_sigma(call, x.abs()))
         weight = call.constant("weight")
         if weight is not None:
             shape = weight_shape(x, weight)
@@ -51,7 +52,7 @@ def _statistics_diag(sigma, weight_shape):  # noqa: ANN001, ANN202 - two small c
 ABSLRP.register(RuleSpec(
     "layer_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
     diag=_statistics_diag(
-        lambda call, x: _sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
+        lambda call, x: _inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
         lambda x, w: w.shape)))
 
 
@@ -79,9 +80,9 @@ def _rms_norm_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> di
     inv = 1.0 / _rms(x, len(call.static["normalized_shape"]), call.static["eps"]).to(out.dtype)
     weight = call.constant("weight")
     if weight is None:
-        return {"input": ratio.mul_(inv).mul_(x > 0)}
+        return {"input": ratio.mul_(inv).mul_(positive_mask(x))}
     w = weight.to(out.dtype)
-    return {"input": ratio.mul_(inv).mul_(w).mul_((x * w) > 0)}
+    return {"input": ratio.mul_(inv).mul_(w).mul_(positive_mask(x * w))}
 
 
 ABSLRP.register(RuleSpec("rms_norm", AbsLRPFunction, None, diag=_rms_norm_diag))
@@ -95,16 +96,16 @@ ABSLRP.register(RuleSpec("rms_norm", AbsLRPFunction, None, diag=_rms_norm_diag))
 #   VJP_x(h + ha; s) = s ⊙ (γ / σ_g(x) + sign(x) ⊙ |γ| / σ_g(|x|))
 
 
-def _group_sigma(x: Tensor, groups: int, eps: float) -> Tensor:
+def _group_inv_sigma(x: Tensor, groups: int, eps: float) -> Tensor:
     grouped = x.reshape(x.shape[0], groups, -1)
-    sigma = torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
-    return sigma.expand_as(grouped).reshape(x.shape)
+    inv = torch.rsqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
+    return inv.expand_as(grouped).reshape(x.shape)
 
 
 ABSLRP.register(RuleSpec(
     "group_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
     diag=_statistics_diag(
-        lambda call, x: _group_sigma(x, call.static["num_groups"], call.static["eps"]),
+        lambda call, x: _group_inv_sigma(x, call.static["num_groups"], call.static["eps"]),
         lambda x, w: (1, -1, *[1] * (x.dim() - 2)))))
 
 
@@ -123,7 +124,7 @@ def _normalize_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> d
     norm = torch.linalg.vector_norm(x, st["p"], list(st["dim"]), keepdim=True)
     if st["eps"] is not None:
         norm = norm.clamp_min(st["eps"])
-    return {"input": stabilised_ratio(out).mul_(x > 0).div_(norm)}
+    return {"input": stabilised_ratio(out).mul_(positive_mask(x)).div_(norm)}
 
 
 ABSLRP.register(RuleSpec("normalize", AbsLRPFunction, None, diag=_normalize_diag))
