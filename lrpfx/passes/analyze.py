@@ -18,10 +18,10 @@ from torch import fx
 from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH, SHAPE
 
 # Canonical ops whose output is >= 0 whatever their input.
-_NONNEG_ALWAYS = frozenset({"relu", "sigmoid", "hardsigmoid", "softplus"})
+_NONNEG_ALWAYS = frozenset({"relu", "sigmoid", "hardsigmoid", "softplus", "softmax"})
 # Ops whose output is >= 0 when all of their tensor inputs are.
 _NONNEG_PRESERVING = frozenset({
-    "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "sum", "dropout", "add", "mul",
+    "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "sum", "dropout", "add", "mul", "matmul",
 })
 
 

@@ -26,8 +26,8 @@ def per_example_l1(t: Tensor) -> Tensor:
     """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``."""
     if t.dim() <= 1:
         return t.abs().sum().reshape([1] * t.dim())
-    # one fused reduction, no |t| temporary
-    total = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), 1, dim=1)
+    # one fused reduction, no |t| temporary (and no copy of a non-contiguous t)
+    total = torch.linalg.vector_norm(t, 1, dim=tuple(range(1, t.dim())))
     return total.reshape(-1, *[1] * (t.dim() - 1))
 
 
