@@ -135,6 +135,67 @@ def test_matmul_both_operands_oracle(t, d, seed):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
 
 
+class SignedMatmul(nn.Module):
+    """y = f(x W1) @ g(x W2)ᵀ, f and g the identity or a ReLU (the non-negative operand paths),
+    with heads on the first operand and, with ``broadcast``, one shared head on the second."""
+
+    def __init__(self, d, heads, relu_a, relu_b, broadcast):
+        super().__init__()
+        self.a = nn.Linear(d, d * heads, bias=False)
+        self.b = nn.Linear(d, d if broadcast else d * heads, bias=False)
+        self.heads, self.relu_a, self.relu_b = heads, relu_a, relu_b
+
+    def operands(self, x):
+        b_, t, d = x.shape
+        za, zb = self.a(x), self.b(x)
+        a = torch.relu(za) if self.relu_a else za
+        b = torch.relu(zb) if self.relu_b else zb
+        return za, zb, a, b
+
+    def forward(self, x):
+        b_, t, d = x.shape
+        _, _, a, b = self.operands(x)
+        a = a.reshape(b_, t, self.heads, d).transpose(1, 2)
+        b = b.reshape(b_, t, -1, d).transpose(1, 2)
+        return a @ b.transpose(-1, -2)
+
+
+@settings(max_examples=16, deadline=None)
+@given(t=st.integers(2, 4), d=st.integers(1, 4), heads=st.integers(1, 3),
+       relu_a=st.booleans(), relu_b=st.booleans(), broadcast=st.booleans(),
+       seed=st.integers(0, 10_000))
+def test_matmul_signed_and_non_negative_operands_oracle(t, d, heads, relu_a, relu_b, broadcast,
+                                                        seed):
+    torch.manual_seed(seed)
+    op = SignedMatmul(d, heads, relu_a, relu_b, broadcast)
+    model = Head(op, heads * t * t).double().eval()
+    x = torch.randn(2, t, d, dtype=torch.double)
+    target = torch.tensor([2, 1])
+    za, zb, a, b = (v.detach() for v in op.operands(x))
+
+    def split(v):
+        return v.reshape(2, t, -1, d).transpose(1, 2)
+
+    def product(p, q):
+        return split(p) @ split(q).transpose(-1, -2)
+
+    r_a, r_b = _oracle_through_head(model, product, product, [a, b], target)
+    relu = torch.relu
+    if relu_a:
+        (r_a,) = _step(relu, relu, [za], r_a)
+    if relu_b:
+        (r_b,) = _step(relu, relu, [zb], r_b)
+    (r_x1,) = _step(lambda v: op.a(v), lambda v: F.linear(v, op.a.weight.abs()), [x], r_a)
+    (r_x2,) = _step(lambda v: op.b(v), lambda v: F.linear(v, op.b.weight.abs()), [x], r_b)
+    expected = _unit(r_x1 + r_x2)
+    explainer = lrpfx.compile(model)
+    got = explainer.explain(x, target, contrastive=False)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+    matmul = next(c for c in explainer.modules() if getattr(c, "spec", None) is not None
+                  and c.spec.op == "matmul")
+    assert ("input" in matmul.nonneg) == relu_a and ("other" in matmul.nonneg) == relu_b
+
+
 class Attention(nn.Module):
     def __init__(self, d=8, heads=2, fused=True):
         super().__init__()

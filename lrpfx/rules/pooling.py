@@ -23,28 +23,42 @@ _POOL_BACKWARD = {2: torch.ops.aten.max_pool2d_with_indices_backward,
                   3: torch.ops.aten.max_pool3d_with_indices_backward}
 
 
+def _pool_args(call: RuleCall) -> tuple:
+    st = call.static
+    return st["kernel_size"], st["stride"], st["padding"], st["dilation"], st["ceil_mode"]
+
+
+def _max_pool_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
+                      ) -> dict[str, Tensor]:
+    # the winners at x (and at |x| for mixed signs), found once per forward
+    x = inputs["input"]
+    n = len(call.static["kernel_size"])
+    if n not in _POOL:
+        return {"input": x}
+    kept = {"input": x, "winners": _POOL[n](x, *_pool_args(call), return_indices=True)[1]}
+    if "input" not in call.nonneg:
+        kept["sign"] = torch.sign(x)
+        kept["abs_winners"] = _POOL[n](x.abs(), *_pool_args(call), return_indices=True)[1]
+    return kept
+
+
 def _max_pool_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
                   ) -> dict[str, Tensor]:
     # T_h(s) + sign(x) T_ha(s), T the routing of max pooling at x and at |x| (= 2 T_h(s) for
     # x >= 0, the 2 dropped): the same winners as autograd's, without a second forward
     x = inputs["input"]
-    st = call.static
-    n = len(st["kernel_size"])
-    if n not in _POOL:
+    if "winners" not in inputs:
         return abs_branch_vjp(call, inputs, s, out)
-    args = (st["kernel_size"], st["stride"], st["padding"], st["dilation"], st["ceil_mode"])
-
-    def route(t: Tensor) -> Tensor:
-        _, idx = _POOL[n](t, *args, return_indices=True)
-        return _POOL_BACKWARD[n](s, t, *args, idx)
-
-    if "input" in call.nonneg:
-        return {"input": route(x)}
-    return {"input": torch.addcmul(route(x), torch.sign(x), route(x.abs()))}
+    backward = _POOL_BACKWARD[len(call.static["kernel_size"])]
+    routed = backward(s, x, *_pool_args(call), inputs["winners"])
+    if "sign" not in inputs:
+        return {"input": routed}
+    return {"input": torch.addcmul(
+        routed, inputs["sign"], backward(s, x, *_pool_args(call), inputs["abs_winners"]))}
 
 
 ABSLRP.register(RuleSpec(
-    "max_pool", AbsLRPFunction, _max_pool_vjp, divide=False,
+    "max_pool", AbsLRPFunction, _max_pool_vjp, divide=False, prepare=_max_pool_prepare,
     # option max_pool_divide: the reference's ResNet rules do divide (see get_ruleset)
     configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
 ))
