@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, safe_l1
+from lrpfx.rules.base import EPS, RuleCall, positive_or_one, safe_l1
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -52,10 +52,13 @@ class AbsLRPFunction(torch.autograd.Function):
         call: RuleCall = ctx.call
         spec = call.spec
         saved = ctx.saved_tensors
+        weighted: dict[str, bool] = {}
         if spec.diag is not None:
             n = len(ctx.factor_names)
             factors = dict(zip(ctx.factor_names, saved[:n]))
-            kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:]))
+            names = [k for k in call.relevant if k in call.normalize]
+            kept = dict(zip(names, saved[n:]))
+            weighted = dict(zip(names, ctx.weighted))
             vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
         elif ctx.prepared_names is not None:
             n = len(ctx.prepared_names)
@@ -68,19 +71,27 @@ class AbsLRPFunction(torch.autograd.Function):
             named = dict(zip(call.relevant + call.runtime, inputs))
             kept = named
             vjps = spec.vjp(call, named, grad * scale, out)
-        grads = []
+        grads, abs_grad = [], None
         for name in call.relevant:
             v = vjps[name]
-            if name in call.normalize:
+            if weighted.get(name):
+                # Σ|x ⊙ F ⊙ G| = Σ |x ⊙ F| ⊙ |G|: one dot product with the weights saved in
+                # the forward, |G| shared by the node's inputs; v = G ⊙ F is a fresh tensor
+                if abs_grad is None:
+                    abs_grad = grad.abs().reshape(grad.shape[0], -1)
+                total = torch.linalg.vecdot(kept[name].reshape(grad.shape[0], -1), abs_grad)
+                v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
+            elif name in call.normalize:
                 v = v / safe_l1(kept[name] * v)
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime))
 
 
 def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # noqa: ANN001
-             then: Tensor | None = None) -> None:
+             then: Tensor | None = None, scale: Tensor | None = None) -> None:
     """Compute and save what the backward reads. ``then`` multiplies ``G_y`` first: the
-    factor of element-wise rules fused after this node (see :class:`ChainFunction`)."""
+    factor of element-wise rules fused after this node (see :class:`ChainFunction`); ``scale``,
+    if given, is the whole ``s / G`` factor of a fused chain, computed by the caller."""
     spec = call.spec
     named = dict(zip(call.relevant + call.runtime, inputs))
     ctx.shapes = {k: named[k].shape for k in call.relevant}
@@ -92,9 +103,19 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         if then is not None:
             factors = {k: f * then for k, f in factors.items()}
         ctx.factor_names = tuple(factors)
-        ctx.save_for_backward(*factors.values(), *kept)
+        # a normalised input x keeps |x ⊙ F| instead of x when no broadcasting is involved (see
+        # backward): the same memory, one dot product per pass instead of three passes
+        weights, weighted = [], []
+        for k, x in zip([k for k in call.relevant if k in call.normalize], kept):
+            f = factors[k]
+            ok = f.shape == x.shape and x.dim() >= 2
+            weights.append((x * f).abs_() if ok else x)
+            weighted.append(ok)
+        ctx.weighted = tuple(weighted)
+        ctx.save_for_backward(*factors.values(), *weights)
     else:
-        scale = stabilised_ratio(out) if spec.divide else out
+        if scale is None:
+            scale = stabilised_ratio(out) if spec.divide else out
         if then is not None:
             scale = scale * then
         kept_out = out if spec.needs_out else None
@@ -125,6 +146,13 @@ class ChainFunction(AbsLRPFunction):
         ctx.call = head
         grad = any(ctx.needs_input_grad[1:])
         y, then = out, None
+        if grad and head.spec.diag is None:  # one running factor, updated op by op
+            factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
+            for t in chain.tail:
+                x, y = y, t.op(**t.arguments((y,)))
+                factor.through(t, x, y)
+            _prepare(ctx, head, inputs, out, scale=factor.materialize())
+            return y
         for t in chain.tail:
             x, y = y, t.op(**t.arguments((y,)))
             if grad:
@@ -133,6 +161,38 @@ class ChainFunction(AbsLRPFunction):
         if grad:
             _prepare(ctx, head, inputs, out, then)
         return y
+
+
+class RunningFactor:
+    """The factor ``F`` with ``s_head = F ⊙ G_chain_out`` of a fused chain, built op by op in the
+    forward: ``F = ratio(y₀) ⊙ Π diag_k`` (``ratio(y) = y / (|y| + EPS)``, each element-wise
+    rule's ``diag`` holding its ``D_k(x) ⊙ ratio(y_k)``).
+
+    Element-wise rules may supply ``RuleSpec.through(call, x, y, factor)`` to update it more
+    cheaply than ``F ⊙ diag``, using two exact facts:
+
+    - ``aligned``: ``F = ratio(x) ⊙ Q`` with ``Q ≥ 0``. True at the head; kept by batch norm and
+      ReLU; lost after any other rule. Then batch norm's ``F ⊙ a [x a > 0]`` is ``(F ⊙ a)⁺``.
+    - ``pending``: a tensor ``y`` whose ``ratio(y)`` is still owed to ``F`` (batch norm leaves
+      its own; a following ReLU needs ``ratio(y) ⊙ ratio(relu(y)) = ratio(relu(y))²``, so it
+      never computes ``ratio(y)``). :meth:`materialize` pays what is owed.
+    """
+
+    def __init__(self, value: Tensor) -> None:
+        self.value, self.aligned, self.pending = value, True, None
+
+    def materialize(self) -> Tensor:
+        if self.pending is not None:
+            self.value.mul_(stabilised_ratio(self.pending))
+            self.pending = None
+        return self.value
+
+    def through(self, call: RuleCall, x: Tensor, y: Tensor) -> None:
+        if call.spec.through is not None:
+            call.spec.through(call, x, y, self)
+            return
+        self.materialize().mul_(call.spec.diag(call, {"input": x}, y)["input"])
+        self.aligned = False
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:

@@ -26,8 +26,9 @@ def per_example_l1(t: Tensor) -> Tensor:
     """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``."""
     if t.dim() <= 1:
         return t.abs().sum().reshape([1] * t.dim())
-    # one fused reduction, no |t| temporary (and no copy of a non-contiguous t)
-    total = torch.linalg.vector_norm(t, 1, dim=tuple(range(1, t.dim())))
+    # |t| then a flat sum: about 3x faster on CPU than linalg.vector_norm(t, 1), temporary and
+    # all
+    total = t.abs().reshape(t.shape[0], -1).sum(1)
     return total.reshape(-1, *[1] * (t.dim() - 1))
 
 
@@ -42,7 +43,11 @@ def unit_l1(t: Tensor) -> Tensor:
 
 def safe_l1(t: Tensor) -> Tensor:
     """:func:`per_example_l1`, with 1 where it is 0."""
-    total = per_example_l1(t)
+    return positive_or_one(per_example_l1(t))
+
+
+def positive_or_one(total: Tensor) -> Tensor:
+    """``total`` with its zeros replaced by 1 (an all-zero example stays zero when divided)."""
     return torch.where(total > 0, total, torch.ones_like(total))
 
 
@@ -102,6 +107,10 @@ class RuleSpec:
     """``prepare(call, inputs, out) -> {name: tensor}``, run once per forward: what ``vjp`` reads
     (it then receives this dict instead of the inputs). Lets a rule compute ``sign(x)`` or
     ``[B; |B|]`` once for both backward passes of a contrastive map and keep only that."""
+    through: Callable[..., None] | None = None
+    """Element-wise rules in a fused chain: ``through(call, x, y, factor)`` multiplies the
+    chain's :class:`lrpfx.rules.abslrp.RunningFactor` by this rule's ``diag``, more cheaply
+    (default: ``factor ⊙ diag``)."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -22,6 +22,18 @@ def _relu_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[s
     return {"input": stabilised_ratio(out, nonneg=True)}
 
 
+def _relu_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: ANN001
+    # diag = ratio(y) (the mask [x > 0] is in it); a pending ratio(x) equals ratio(y) where
+    # x > 0 and is masked elsewhere, so it becomes ratio(y)². Keeps "aligned": F ⊙ ratio(y) =
+    # ratio(y) ⊙ (ratio(y) Q) on x > 0, 0 elsewhere.
+    r = stabilised_ratio(y, nonneg=True)
+    if factor.pending is x:
+        factor.value.mul_(r).mul_(r)
+        factor.pending = None
+    else:
+        factor.materialize().mul_(r)
+
+
 def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
     # (1 + sign x) ⊙ x/(|x|+ε) G = 2 x⁺/(|x|+ε) G
     return {"input": stabilised_ratio(out).clamp_(min=0)}
@@ -53,7 +65,7 @@ def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     return {"input": stabilised_ratio(out).mul_(d0.addcmul_(torch.sign(x), d1))}
 
 
-ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag))
+ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag, through=_relu_through))
 ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, None, diag=_identity_diag))
 for _op in (
     "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",

@@ -104,6 +104,18 @@ def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str
     return {"input": stabilised_ratio(out).mul_(a).mul_(keep)}
 
 
+def _bn_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: ANN001
+    # F ⊙ a [x a > 0] ⊙ ratio(y): with F = ratio(x) Q, Q ≥ 0 ("aligned") the mask is a clamp,
+    # (F ⊙ a)⁺, and ratio(y) is left pending for a following ReLU
+    if not factor.aligned:
+        factor.materialize().mul_(_bn_diag(call, {"input": x}, y)["input"])
+        return
+    a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
+    factor.materialize().mul_(a).clamp_(min=0)
+    factor.pending = y
+
+
 _linear_family("conv", _conv_transpose, _conv_both, lambda call: call.static["groups"] == 1)
 _linear_family("linear", _linear_transpose, _linear_both, lambda call: True)
-ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag))
+ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag,
+                         through=_bn_through))
