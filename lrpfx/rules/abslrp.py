@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, positive_or_one, safe_l1
+from lrpfx.rules.base import EPS, RuleCall, per_example_l1, positive_or_one
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -40,10 +40,11 @@ class AbsLRPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
-        out = call.op(**call.arguments(inputs))
         ctx.call = call
-        if any(ctx.needs_input_grad[1:]):
-            _prepare(ctx, call, inputs, out)
+        if not any(ctx.needs_input_grad[1:]):
+            return call.op(**call.arguments(inputs))
+        out, extras = _run(call, inputs)
+        _prepare(ctx, call, inputs, out, extras=extras)
         return out
 
     @staticmethod
@@ -82,13 +83,22 @@ class AbsLRPFunction(torch.autograd.Function):
                 total = torch.linalg.vecdot(kept[name].reshape(grad.shape[0], -1), abs_grad)
                 v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
             elif name in call.normalize:
-                v = v / safe_l1(kept[name] * v)
+                v = v / positive_or_one(per_example_l1(torch.mul(kept[name], v), scratch=True))
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime))
 
 
+def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The op's output, and what its kernel found on the way that ``prepare`` reads (max
+    pooling's winners)."""
+    if call.spec.forward_with is not None:
+        return call.spec.forward_with(call, call.arguments(inputs))
+    return call.op(**call.arguments(inputs)), {}
+
+
 def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # noqa: ANN001
-             then: Tensor | None = None, scale: Tensor | None = None) -> None:
+             then: Tensor | None = None, scale: Tensor | None = None,
+             extras: dict[str, Tensor] | None = None) -> None:
     """Compute and save what the backward reads. ``then`` multiplies ``G_y`` first: the
     factor of element-wise rules fused after this node (see :class:`ChainFunction`); ``scale``,
     if given, is the whole ``s / G`` factor of a fused chain, computed by the caller."""
@@ -121,7 +131,7 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         kept_out = out if spec.needs_out else None
         if spec.prepare is not None:
             # the rule's own per-forward tensors (signs, [B; |B|], ...) replace the inputs
-            prepared = spec.prepare(call, named, out)
+            prepared = spec.prepare(call, {**named, **(extras or {})}, out)
             ctx.prepared_names = tuple(prepared)
             ctx.save_for_backward(*prepared.values(), *kept, scale, kept_out)
         else:
@@ -142,16 +152,16 @@ class ChainFunction(AbsLRPFunction):
     @staticmethod
     def forward(ctx, chain, *inputs: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
         head = chain.head
-        out = head.op(**head.arguments(inputs))
         ctx.call = head
         grad = any(ctx.needs_input_grad[1:])
+        out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
         y, then = out, None
         if grad and head.spec.diag is None:  # one running factor, updated op by op
             factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
             for t in chain.tail:
                 x, y = y, t.op(**t.arguments((y,)))
                 factor.through(t, x, y)
-            _prepare(ctx, head, inputs, out, scale=factor.materialize())
+            _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
             return y
         for t in chain.tail:
             x, y = y, t.op(**t.arguments((y,)))

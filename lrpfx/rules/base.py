@@ -22,13 +22,14 @@ EPS: float = 1e-9
 normalisation ``R / (Σ|R| + EPS)``."""
 
 
-def per_example_l1(t: Tensor) -> Tensor:
-    """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``."""
+def per_example_l1(t: Tensor, scratch: bool = False) -> Tensor:
+    """``Σ|t|`` over all dimensions but the first (the batch), shaped to broadcast against ``t``.
+    ``scratch``: ``t`` is a temporary the caller no longer needs (its ``|t|`` is taken in place)."""
     if t.dim() <= 1:
         return t.abs().sum().reshape([1] * t.dim())
     # |t| then a flat sum: about 3x faster on CPU than linalg.vector_norm(t, 1), temporary and
     # all
-    total = t.abs().reshape(t.shape[0], -1).sum(1)
+    total = (t.abs_() if scratch else t.abs()).reshape(t.shape[0], -1).sum(1)
     return total.reshape(-1, *[1] * (t.dim() - 1))
 
 
@@ -107,6 +108,10 @@ class RuleSpec:
     """``prepare(call, inputs, out) -> {name: tensor}``, run once per forward: what ``vjp`` reads
     (it then receives this dict instead of the inputs). Lets a rule compute ``sign(x)`` or
     ``[B; |B|]`` once for both backward passes of a contrastive map and keep only that."""
+    forward_with: Callable[[RuleCall, dict[str, Any]], tuple[Tensor, dict[str, Tensor]]] | None \
+        = None
+    """``forward_with(call, arguments) -> (out, extras)``: the op's output computed together with
+    tensors ``prepare`` reads (found in its inputs dict), e.g. max pooling's winners."""
     through: Callable[..., None] | None = None
     """Element-wise rules in a fused chain: ``through(call, x, y, factor)`` multiplies the
     chain's :class:`lrpfx.rules.abslrp.RunningFactor` by this rule's ``diag``, more cheaply

@@ -28,17 +28,26 @@ def _pool_args(call: RuleCall) -> tuple:
     return st["kernel_size"], st["stride"], st["padding"], st["dilation"], st["ceil_mode"]
 
 
+def _max_pool_forward(call: RuleCall, arguments: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    # the output and its winners from one kernel call
+    n = len(call.static["kernel_size"])
+    if n not in _POOL:
+        return call.op(**arguments), {}
+    out, winners = _POOL[n](arguments["input"], *_pool_args(call), return_indices=True)
+    return out, {"winners": winners}
+
+
 def _max_pool_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
                       ) -> dict[str, Tensor]:
     # the winners at x (and at |x| for mixed signs), found once per forward
     x = inputs["input"]
-    n = len(call.static["kernel_size"])
-    if n not in _POOL:
+    if "winners" not in inputs:
         return {"input": x}
-    kept = {"input": x, "winners": _POOL[n](x, *_pool_args(call), return_indices=True)[1]}
+    kept = {"input": x, "winners": inputs["winners"]}
     if "input" not in call.nonneg:
         kept["sign"] = torch.sign(x)
-        kept["abs_winners"] = _POOL[n](x.abs(), *_pool_args(call), return_indices=True)[1]
+        pool = _POOL[len(call.static["kernel_size"])]
+        kept["abs_winners"] = pool(x.abs(), *_pool_args(call), return_indices=True)[1]
     return kept
 
 
@@ -59,6 +68,7 @@ def _max_pool_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Ten
 
 ABSLRP.register(RuleSpec(
     "max_pool", AbsLRPFunction, _max_pool_vjp, divide=False, prepare=_max_pool_prepare,
+    forward_with=_max_pool_forward,
     # option max_pool_divide: the reference's ResNet rules do divide (see get_ruleset)
     configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
 ))
