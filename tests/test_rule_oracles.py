@@ -220,6 +220,36 @@ def test_batch_norm(kind, channels, affine, eps, nonneg, batch, classes, fronten
     assert _fast_path_used(e, "batch_norm") == nonneg
 
 
+_CHAIN_TAILS = {
+    "bn": lambda c: nn.BatchNorm2d(c), "relu": lambda c: nn.ReLU(), "gelu": lambda c: nn.GELU(),
+    "dropout": lambda c: nn.Dropout(0.3), "leaky_relu": lambda c: nn.LeakyReLU(0.1),
+}
+
+
+@_settings(30)
+@given(pattern=st.sampled_from([("bn", "relu"), ("gelu", "bn", "relu"), ("bn", "bn", "relu"),
+                                 ("bn",), ("relu", "bn", "relu"), ()]),
+       more=st.lists(st.sampled_from(sorted(_CHAIN_TAILS)), max_size=3),
+       channels=st.integers(2, 4), nonneg=st.booleans(), batch=st.integers(1, 3),
+       classes=st.integers(1, 4), frontend=frontends, seed=seeds)
+def test_fused_chain(pattern, more, channels, nonneg, batch, classes, frontend, seed):
+    """conv → a sequence of element-wise rules (fused into one chain, whose running factor
+    takes the batch-norm clamp and the BN → ReLU shortcut where they are exact, and the general
+    product after other rules) against the oracle; batch-norm scales get both signs from the
+    random init. ``pattern`` makes the shortcuts' cases common."""
+    tails = [*pattern, *more] or ["relu"]
+    g = torch.Generator().manual_seed(seed)
+    layers = [nn.ReLU()] if nonneg else []
+    layers += [nn.Conv2d(2, channels, 2), *[_CHAIN_TAILS[t](channels) for t in tails]]
+    model = _randomize(nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 9, classes)), g)
+    x, target = _inputs(g, (batch, 2, 4, 4), classes)
+    e = _check_sequential(model, x, target, frontend)
+    chains = [m for m in e.graph_module.modules() if type(m).__name__ == "ChainCall"]
+    assert chains and chains[0].head.spec.op == "conv"
+    assert [t.spec.op for t in chains[0].tail] == [
+        {"bn": "batch_norm"}.get(t, t) for t in tails]
+
+
 # ----------------------------------------------------------------------------- add / sub / mul
 
 

@@ -118,7 +118,7 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         weights, weighted = [], []
         for k, x in zip([k for k in call.relevant if k in call.normalize], kept):
             f = factors[k]
-            ok = f.shape == x.shape and x.dim() >= 2
+            ok = f.shape == x.shape == out.shape and x.dim() >= 2
             weights.append((x * f).abs_() if ok else x)
             weighted.append(ok)
         ctx.weighted = tuple(weighted)
