@@ -139,8 +139,38 @@ def test_lrpfx_matches_the_reference_chain():
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-10)
 
 
+def test_vit_golden_first_layers_follow_lrpfx_rules():
+    """Where the stored ViT golden departs from lrpfx, localised: its last two steps (patch
+    embedding conv, position-embedding add) are exactly lrpfx's rules. Inverting the conv rule
+    patch by patch (768 pixel equations, 192 unknowns ``s``) reproduces the golden map to float32
+    precision, and the recovered embedding relevance ``s ⊙ |e|`` vanishes wherever the embedding
+    is ≤ 0, as ``R = 2 e⁺ ⊙ s`` of the add requires. The disagreement (cosine ≈ 0.80 at the
+    embedding's token × channel level, 0.988 at the pixels) therefore lies inside the blocks."""
+    golden = torch.load(golden_dir() / "vit_tiny_patch16_224.pt", weights_only=False)
+    torch.manual_seed(0)
+    m = timm.create_model(golden["model"], pretrained=False).eval().double()
+    x, r = golden["x"], golden["positive"].double()
+    conv = m.patch_embed.proj
+    with torch.no_grad():
+        emb = conv(x).flatten(2).transpose(1, 2)  # (B, 196, 192)
+
+    def patches(t):  # (B, 3, 224, 224) -> (B, 196, 768) in the conv weight's (c, kh, kw) order
+        return t.reshape(2, 3, 14, 16, 14, 16).permute(0, 2, 4, 1, 3, 5).reshape(2, 196, 768)
+
+    xp, rp = patches(x), patches(r)
+    w = conv.weight.detach().reshape(192, -1)
+    # R_x = x ⊙ (Wᵀs + sign(x) ⊙ |W|ᵀs): linear in s, one least-squares solve per patch
+    a = xp[..., None] * (w.T + torch.sign(xp)[..., None] * w.abs().T)  # (B, 196, 768, 192)
+    s = torch.linalg.lstsq(a, rp[..., None]).solution
+    residual = (a @ s)[..., 0] - rp
+    assert residual.norm() <= 1e-6 * rp.norm()
+    r_emb = s[..., 0] * emb.abs()
+    assert (r_emb.abs() * (emb <= 0)).sum() <= 1e-6 * r_emb.abs().sum()
+
+
 @pytest.mark.xfail(strict=True, reason="the stored ViT golden differs from the reference chain "
-                   "as read from the paper's code (cosine ≈ 0.988); open question")
+                   "as read from the paper's code (cosine ≈ 0.988; ≈ 0.80 at the embedding, so "
+                   "inside the blocks); open question")
 def test_vit_golden_parity():
     path = golden_dir() / "vit_tiny_patch16_224.pt"
     golden = torch.load(path, weights_only=False)
