@@ -26,12 +26,19 @@ Both = Callable[[RuleCall, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
+    # x only gives the input's shape (its values are never read for the input gradient): an
+    # uninitialised tensor does, at no memory cost while the graph waits for its backward
     st = call.static
     n = len(st["stride"])
     return torch.ops.aten.convolution_backward(
-        s, x, weight, None, st["stride"], st["padding"], st["dilation"], False, [0] * n,
-        st["groups"], [True, False, False],
+        s, x.new_empty(x.shape), weight, None, st["stride"], st["padding"], st["dilation"],
+        False, [0] * n, st["groups"], [True, False, False],
     )[0]
+
+
+def _shape_of(x: Tensor) -> Tensor:
+    """A stand-in for ``x`` that keeps its shape, dtype and device but no data."""
+    return x.new_empty(()).expand(x.shape)
 
 
 def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,7 +49,7 @@ def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         return (_conv_transpose(call, x, s, _weight(call)),
                 _conv_transpose(call, x, s, call.derived("abs_weight")))
     shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
-    both = _conv_transpose(call, x.new_empty(shape), s, call.derived("cat_weight"))
+    both = _conv_transpose(call, x.new_empty(()).expand(shape), s, call.derived("cat_weight"))
     return both.split(x.shape[1], dim=1)
 
 
@@ -78,9 +85,9 @@ def _linear_family(op: str, transpose: Transpose, both: Both,
         return {"abs_weight": w.abs()}
 
     def prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
-        # the transposed convolution reads its input's shape; sign(x) once, not per pass
+        # the transposed convolution reads its input's shape only; sign(x) once, not per pass
         x = inputs["input"]
-        kept = {"input": x} if op == "conv" else {}
+        kept = {"input": _shape_of(x)} if op == "conv" else {}
         if "input" not in call.nonneg:
             kept["sign"] = torch.sign(x)
         return kept
