@@ -35,19 +35,25 @@ import lrpfx.rules.abslrp as abslrp  # noqa: E402
 def instrument(explainer: torch.nn.Module) -> None:
     """Label every rule's backward, its VJP and its L1 reduction for the profiler."""
     original_backward = abslrp.AbsLRPFunction.backward
-    original_l1 = abslrp.safe_l1
+    # the two normalisers of AbsLRPFunction.backward: Σ|x ⊙ v| and the dot product with |x ⊙ F|
+    original_l1, original_dot = abslrp.per_example_l1, torch.linalg.vecdot
 
     def backward(ctx, grad):  # noqa: ANN001, ANN202
         with record_function(f"rule::{ctx.call.spec.op}"):
             return original_backward(ctx, grad)
 
     @functools.wraps(original_l1)
-    def l1(t):  # noqa: ANN001, ANN202
+    def l1(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         with record_function("l1::reduce"):
-            return original_l1(t)
+            return original_l1(*args, **kwargs)
+
+    def dot(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with record_function("l1::reduce"):
+            return original_dot(*args, **kwargs)
 
     abslrp.AbsLRPFunction.backward = staticmethod(backward)
-    abslrp.safe_l1 = l1
+    abslrp.per_example_l1 = l1
+    torch.linalg.vecdot = dot  # this process only
     for module in explainer.modules():
         spec = getattr(module, "spec", None)
         if spec is None or getattr(spec.vjp, "_lrpfx_wrapped", False):
