@@ -146,7 +146,6 @@ class SignedMatmul(nn.Module):
         self.heads, self.relu_a, self.relu_b = heads, relu_a, relu_b
 
     def operands(self, x):
-        b_, t, d = x.shape
         za, zb = self.a(x), self.b(x)
         a = torch.relu(za) if self.relu_a else za
         b = torch.relu(zb) if self.relu_b else zb

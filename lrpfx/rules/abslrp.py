@@ -61,16 +61,11 @@ class AbsLRPFunction(torch.autograd.Function):
             kept = dict(zip(names, saved[n:]))
             weighted = dict(zip(names, ctx.weighted))
             vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
-        elif ctx.prepared_names is not None:
+        else:
             n = len(ctx.prepared_names)
             named = dict(zip(ctx.prepared_names, saved[:n]))
             kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
             scale, out = saved[-2:]
-            vjps = spec.vjp(call, named, grad * scale, out)
-        else:
-            *inputs, scale, out = saved
-            named = dict(zip(call.relevant + call.runtime, inputs))
-            kept = named
             vjps = spec.vjp(call, named, grad * scale, out)
         grads, abs_grad = [], None
         for name in call.relevant:
@@ -99,9 +94,9 @@ def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, 
 def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # noqa: ANN001
              then: Tensor | None = None, scale: Tensor | None = None,
              extras: dict[str, Tensor] | None = None) -> None:
-    """Compute and save what the backward reads. ``then`` multiplies ``G_y`` first: the
-    factor of element-wise rules fused after this node (see :class:`ChainFunction`); ``scale``,
-    if given, is the whole ``s / G`` factor of a fused chain, computed by the caller."""
+    """Compute and save what the backward reads. For a node heading a fused chain (see
+    :class:`ChainFunction`) the caller passes the tails' factor: ``then`` (element-wise heads,
+    multiplied into their factors) or ``scale`` (other heads: the whole ``s / G``)."""
     spec = call.spec
     named = dict(zip(call.relevant + call.runtime, inputs))
     ctx.shapes = {k: named[k].shape for k in call.relevant}
@@ -126,17 +121,11 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
     else:
         if scale is None:
             scale = stabilised_ratio(out) if spec.divide else out
-        if then is not None:
-            scale = scale * then
-        kept_out = out if spec.needs_out else None
-        if spec.prepare is not None:
-            # the rule's own per-forward tensors (signs, [B; |B|], ...) replace the inputs
-            prepared = spec.prepare(call, {**named, **(extras or {})}, out)
-            ctx.prepared_names = tuple(prepared)
-            ctx.save_for_backward(*prepared.values(), *kept, scale, kept_out)
-        else:
-            ctx.prepared_names = None
-            ctx.save_for_backward(*inputs, scale, kept_out)
+        # the rule's own per-forward tensors (signs, [B; |B|], ...), by default its inputs
+        prepared = (dict(named) if spec.prepare is None
+                    else spec.prepare(call, {**named, **(extras or {})}, out))
+        ctx.prepared_names = tuple(prepared)
+        ctx.save_for_backward(*prepared.values(), *kept, scale, out if spec.needs_out else None)
 
 
 class ChainFunction(AbsLRPFunction):
@@ -155,21 +144,21 @@ class ChainFunction(AbsLRPFunction):
         ctx.call = head
         grad = any(ctx.needs_input_grad[1:])
         out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
-        y, then = out, None
-        if grad and head.spec.diag is None:  # one running factor, updated op by op
-            factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
-            for t in chain.tail:
-                x, y = y, t.op(**t.arguments((y,)))
-                factor.through(t, x, y)
-            _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
-            return y
+        factor = None
+        if grad:  # one running factor, updated op by op; an element-wise head's own factors
+            # hold its ratio, so for it the tails' product starts empty
+            factor = RunningFactor(None) if head.spec.diag is not None else RunningFactor(
+                stabilised_ratio(out) if head.spec.divide else out.clone())
+        y = out
         for t in chain.tail:
             x, y = y, t.op(**t.arguments((y,)))
-            if grad:
-                f = t.spec.diag(t, {"input": x}, y)["input"]
-                then = f if then is None else then.mul_(f)
-        if grad:
-            _prepare(ctx, head, inputs, out, then)
+            if factor is not None:
+                factor.through(t, x, y)
+        if factor is not None:
+            if head.spec.diag is not None:
+                _prepare(ctx, head, inputs, out, then=factor.materialize(), extras=extras)
+            else:
+                _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
         return y
 
 
@@ -181,27 +170,33 @@ class RunningFactor:
     Element-wise rules may supply ``RuleSpec.through(call, x, y, factor)`` to update it more
     cheaply than ``F ⊙ diag``, using two exact facts:
 
-    - ``aligned``: ``F = ratio(x) ⊙ Q`` with ``Q ≥ 0``. True at the head; kept by batch norm and
-      ReLU; lost after any other rule. Then batch norm's ``F ⊙ a [x a > 0]`` is ``(F ⊙ a)⁺``.
+    - ``aligned``: ``F = ratio(x) ⊙ Q`` with ``Q ≥ 0``. True at a head that is not element-wise
+      (an empty factor, ``value`` None, is not aligned); kept by batch norm and ReLU; lost after
+      any other rule. Then batch norm's ``F ⊙ a [x a > 0]`` is ``(F ⊙ a)⁺``.
     - ``pending``: a tensor ``y`` whose ``ratio(y)`` is still owed to ``F`` (batch norm leaves
       its own; a following ReLU needs ``ratio(y) ⊙ ratio(relu(y)) = ratio(relu(y))²``, so it
       never computes ``ratio(y)``). :meth:`materialize` pays what is owed.
     """
 
-    def __init__(self, value: Tensor) -> None:
-        self.value, self.aligned, self.pending = value, True, None
+    def __init__(self, value: Tensor | None) -> None:
+        self.value, self.aligned, self.pending = value, value is not None, None
 
-    def materialize(self) -> Tensor:
+    def materialize(self) -> Tensor | None:
         if self.pending is not None:
             self.value.mul_(stabilised_ratio(self.pending))
             self.pending = None
         return self.value
 
+    def multiply(self, f: Tensor) -> None:
+        """``F ← F ⊙ f`` (``f`` a fresh tensor: it becomes ``F`` when ``F`` is empty)."""
+        value = self.materialize()
+        self.value = f if value is None else value.mul_(f)
+
     def through(self, call: RuleCall, x: Tensor, y: Tensor) -> None:
         if call.spec.through is not None:
             call.spec.through(call, x, y, self)
             return
-        self.materialize().mul_(call.spec.diag(call, {"input": x}, y)["input"])
+        self.multiply(call.spec.diag(call, {"input": x}, y)["input"])
         self.aligned = False
 
 

@@ -61,7 +61,7 @@ def _div_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
     if not isinstance(b, Tensor):
         b = torch.as_tensor(b, dtype=out.dtype, device=out.device)
     sgn = stabilised_ratio(out)
-    keep = ((a * b) > 0).to(out.dtype)
+    keep = positive_mask(a * b)
     factors = {}
     if "input" in call.relevant:
         factors["input"] = sgn * keep / b

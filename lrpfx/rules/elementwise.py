@@ -31,7 +31,7 @@ def _relu_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa
         factor.value.mul_(r).mul_(r)
         factor.pending = None
     else:
-        factor.materialize().mul_(r)
+        factor.multiply(r)
 
 
 def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:

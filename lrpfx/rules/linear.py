@@ -115,7 +115,7 @@ def _bn_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: 
     # F ⊙ a [x a > 0] ⊙ ratio(y): with F = ratio(x) Q, Q ≥ 0 ("aligned") the mask is a clamp,
     # (F ⊙ a)⁺, and ratio(y) is left pending for a following ReLU
     if not factor.aligned:
-        factor.materialize().mul_(_bn_diag(call, {"input": x}, y)["input"])
+        factor.multiply(_bn_diag(call, {"input": x}, y)["input"])
         return
     a = _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
     factor.materialize().mul_(a).clamp_(min=0)
