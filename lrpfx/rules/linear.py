@@ -36,20 +36,21 @@ def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Ten
     )[0]
 
 
-def _shape_of(x: Tensor) -> Tensor:
-    """A stand-in for ``x`` that keeps its shape, dtype and device but no data."""
-    return x.new_empty(()).expand(x.shape)
+def _shape_of(x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """A stand-in for ``x`` (or a tensor of ``shape`` like it): its shape, dtype and device, no
+    data."""
+    return x.new_empty(()).expand(x.shape if shape is None else shape)
 
 
 def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     # T_W(s) and T_|W|(s) as one transposed convolution with weight [W, |W|] along the input
     # channels (about the cost of one: the first layers' few input channels leave the kernel
-    # idle). The shape argument is never read, so an uninitialised one does.
+    # idle)
     if "cat_weight" not in call.derived_names:
         return (_conv_transpose(call, x, s, _weight(call)),
                 _conv_transpose(call, x, s, call.derived("abs_weight")))
     shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
-    both = _conv_transpose(call, x.new_empty(()).expand(shape), s, call.derived("cat_weight"))
+    both = _conv_transpose(call, _shape_of(x, shape), s, call.derived("cat_weight"))
     return both.split(x.shape[1], dim=1)
 
 
@@ -68,6 +69,10 @@ def _weight(call: RuleCall) -> Tensor:
 
 
 def _bn_scale(call: RuleCall) -> Tensor:
+    """Batch norm's per-channel scale ``γ/√(σ²+ε)`` (derived at compile time where the spec
+    asks for it)."""
+    if "bn_scale" in call.derived_names:
+        return call.derived("bn_scale")
     var = call.constant("running_var")
     scale = torch.rsqrt(var + call.static["eps"])
     weight = call.constant("weight")
@@ -125,4 +130,4 @@ def _bn_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: 
 _linear_family("conv", _conv_transpose, _conv_both, lambda call: call.static["groups"] == 1)
 _linear_family("linear", _linear_transpose, _linear_both, lambda call: True)
 ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag,
-                         through=_bn_through))
+                         through=_bn_through, derive=lambda call: {"bn_scale": _bn_scale(call)}))

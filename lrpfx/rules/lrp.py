@@ -45,6 +45,7 @@ from torch.autograd.function import once_differentiable
 from lrpfx import ops
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec, reduce_to
 from lrpfx.rules.linear import _bn_scale, _conv_transpose, _linear_transpose
+from lrpfx.rules.normalization import inv_sigma
 from lrpfx.rules.registry import RULESETS
 
 Vjp = Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
@@ -127,8 +128,7 @@ def _diag_scale(call: RuleCall, x: Tensor) -> Tensor:
     if call.spec.op == "batch_norm":
         return _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
     if call.spec.op == "layer_norm":
-        dims = tuple(range(-len(call.static["normalized_shape"]), 0))
-        a = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + call.static["eps"])
+        a = inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"])
         w = call.constant("weight")
         return a if w is None else a * w
     if call.spec.op == "rms_norm":

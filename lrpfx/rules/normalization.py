@@ -20,7 +20,7 @@ from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
-def _inv_sigma(x: Tensor, ndim: int, eps: float) -> Tensor:
+def inv_sigma(x: Tensor, ndim: int, eps: float) -> Tensor:
     # 1/σ over the last ndim dims, biased variance: layer norm's own kernel returns it (several
     # times faster on CPU than x.var)
     return torch.native_layer_norm(x, x.shape[-ndim:], None, None, eps)[2]
@@ -31,14 +31,14 @@ def _layer_norm_derive(call: RuleCall) -> dict[str, Tensor]:
     return {} if weight is None else {"abs_weight": weight.abs()}
 
 
-def _statistics_diag(inv_sigma, weight_shape):  # noqa: ANN001, ANN202 - two small closures
+def _statistics_diag(statistic, weight_shape):  # noqa: ANN001, ANN202 - two small closures
     """The factor ``y/(|y|+EPS) ⊙ (γ/σ(x) + sign(x) ⊙ |γ|/σ(|x|))`` (computed once per forward;
-    ``VJP_x = F ⊙ G``) for a normalisation with statistic ``1/σ = inv_sigma(call, x)``."""
+    ``VJP_x = F ⊙ G``) for a normalisation with statistic ``1/σ = statistic(call, x)``."""
 
     def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         x = inputs["input"]
-        plain = inv_sigma(call, x)
-        absolute = torch.sign(x).mul_(inv_sigma(call, x.abs()))
+        plain = statistic(call, x)
+        absolute = torch.sign(x).mul_(statistic(call, x.abs()))
         weight = call.constant("weight")
         if weight is not None:
             shape = weight_shape(x, weight)
@@ -52,7 +52,7 @@ def _statistics_diag(inv_sigma, weight_shape):  # noqa: ANN001, ANN202 - two sma
 ABSLRP.register(RuleSpec(
     "layer_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
     diag=_statistics_diag(
-        lambda call, x: _inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
+        lambda call, x: inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
         lambda x, w: w.shape)))
 
 
