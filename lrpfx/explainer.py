@@ -17,6 +17,7 @@ from lrpfx.capture import FRONTENDS, call_kwargs, capture_export, capture_symbol
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.fuse import fuse_chains
+from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
 from lrpfx.report import CoverageReport
 from lrpfx.rules.base import EPS, RuleCall, RuleSet, unit_l1, unit_max
@@ -92,6 +93,8 @@ class Explainer(nn.Module):
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)
+        if self.ruleset.options.get("merge_total_derivative"):
+            gm = total_derivative_at_merges(gm)
         gm = fuse_chains(gm)
         for fn in self._conversions:
             gm._apply(fn)

@@ -67,6 +67,11 @@ class AbsLRPFunction(torch.autograd.Function):
             kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
             scale, out = saved[-2:]
             vjps = spec.vjp(call, named, grad * scale, out)
+        # raw VJPs for the plain replay of a residual branch (copied: normalising may work in
+        # place, and one tensor must not be handed to autograd twice)
+        first_seed = 1 + len(call.relevant) + len(call.runtime)
+        seeds = [vjps[k].clone() if ctx.needs_input_grad[first_seed + i] else None
+                 for i, k in enumerate(call.seeds)]
         grads, abs_grad = [], None
         for name in call.relevant:
             v = vjps[name]
@@ -80,7 +85,7 @@ class AbsLRPFunction(torch.autograd.Function):
             elif name in call.normalize:
                 v = v / positive_or_one(per_example_l1(torch.mul(kept[name], v), scratch=True))
             grads.append(v)
-        return (None, *grads, *[None] * len(call.runtime))
+        return (None, *grads, *[None] * len(call.runtime), *seeds)
 
 
 def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:

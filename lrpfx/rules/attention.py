@@ -38,6 +38,15 @@ def _softmax_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     return {"input": stabilised_ratio(out, nonneg=True).mul_(ha.mul_(sign).add_(out))}
 
 
+def _softmax_plain(call: RuleCall, args: dict) -> Tensor:
+    # max shift and denominator held constant: the Jacobian is diag(h)
+    add = ops.additive_mask(args["input"], args.get("mask"), call.static.get("causal", False))
+    z = args["input"] if add is None else args["input"] + add
+    dim = call.static["dim"]
+    e = (z - z.amax(dim, keepdim=True).detach()).exp()
+    return e / e.sum(dim, keepdim=True).detach()
+
+
 def _matmul_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
                     ) -> dict[str, Tensor]:
     """Per forward, for ``y = a @ b`` with ``a: (…, M, K)``, ``b: (…, K, N)``: the operands of
@@ -106,7 +115,7 @@ def _matmul_vjp_general(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, ou
 
 
 ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, None, diag=_softmax_diag,
-                         relevance_args=("input",)))
+                         relevance_args=("input",), plain=_softmax_plain))
 # einsum: the same two-operand rule, by local autograd on the formula (no closed form per
 # equation)
 ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,

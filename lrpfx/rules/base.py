@@ -116,6 +116,11 @@ class RuleSpec:
     """Element-wise rules in a fused chain: ``through(call, x, y, factor)`` multiplies the
     chain's :class:`lrpfx.rules.abslrp.RunningFactor` by this rule's ``diag``, more cheaply
     (default: ``factor ⊙ diag``)."""
+    plain: Callable[[RuleCall, dict[str, Any]], Tensor] | None = None
+    """``plain(call, arguments) -> out``: the op as a differentiable function with its statistics
+    held constant (layer norm's mean and variance, softmax's max and sum), as the reference's
+    rewritten forward computes it: the Jacobian that the absLRP option
+    ``merge_total_derivative`` carries through residual branches. None: the op itself."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -155,6 +160,9 @@ class RuleCall(nn.Module):
         # inputs whose backward returns relevance, not gradient (first layers of a graph whose
         # input relevance is read directly, see RuleSpec.returns_relevance)
         self.as_relevance: frozenset[str] = frozenset()
+        # inputs whose raw VJP is also returned to an extra trailing input (the plain replay of
+        # a residual branch, see lrpfx.passes.merge_gradient)
+        self.seeds: tuple[str, ...] = ()
         self.spec = spec
         self.op = op
         self.relevant = relevant

@@ -49,8 +49,22 @@ def _statistics_diag(statistic, weight_shape):  # noqa: ANN001, ANN202 - two sma
     return diag
 
 
+def _layer_norm_plain(call: RuleCall, args: dict) -> Tensor:
+    x, shape = args["input"], args["normalized_shape"]
+    _, mean, rstd = torch.native_layer_norm(x.detach(), shape, None, None, args["eps"])
+    return _affine((x - mean) * rstd, args["weight"], args["bias"], ())
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple) -> Tensor:
+    if weight is not None:
+        y = y * (weight.reshape(shape) if shape else weight)
+    if bias is not None:
+        y = y + (bias.reshape(shape) if shape else bias)
+    return y
+
+
 ABSLRP.register(RuleSpec(
-    "layer_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
+    "layer_norm", AbsLRPFunction, None, derive=_layer_norm_derive, plain=_layer_norm_plain,
     diag=_statistics_diag(
         lambda call, x: inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"]),
         lambda x, w: w.shape)))
@@ -85,7 +99,14 @@ def _rms_norm_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> di
     return {"input": ratio.mul_(inv).mul_(w).mul_(positive_mask(x * w))}
 
 
-ABSLRP.register(RuleSpec("rms_norm", AbsLRPFunction, None, diag=_rms_norm_diag))
+def _rms_norm_plain(call: RuleCall, args: dict) -> Tensor:
+    x, weight = args["input"], args["weight"]
+    y = x / _rms(x.detach(), len(args["normalized_shape"]), args["eps"])
+    return y if weight is None else weight * y.to(weight.dtype)
+
+
+ABSLRP.register(RuleSpec("rms_norm", AbsLRPFunction, None, diag=_rms_norm_diag,
+                         plain=_rms_norm_plain))
 
 
 # ----------------------------------------------------------------------------- group norm
@@ -102,8 +123,17 @@ def _group_inv_sigma(x: Tensor, groups: int, eps: float) -> Tensor:
     return inv.expand_as(grouped).reshape(x.shape)
 
 
+def _group_norm_plain(call: RuleCall, args: dict) -> Tensor:
+    x, groups, eps = args["input"], args["num_groups"], args["eps"]
+    grouped = x.reshape(x.shape[0], groups, -1)
+    mean = grouped.detach().mean(-1, keepdim=True)
+    inv = torch.rsqrt(grouped.detach().var(-1, unbiased=False, keepdim=True) + eps)
+    y = ((grouped - mean) * inv).reshape(x.shape)
+    return _affine(y, args["weight"], args["bias"], (1, -1, *[1] * (x.dim() - 2)))
+
+
 ABSLRP.register(RuleSpec(
-    "group_norm", AbsLRPFunction, None, derive=_layer_norm_derive,
+    "group_norm", AbsLRPFunction, None, derive=_layer_norm_derive, plain=_group_norm_plain,
     diag=_statistics_diag(
         lambda call, x: _group_inv_sigma(x, call.static["num_groups"], call.static["eps"]),
         lambda x, w: (1, -1, *[1] * (x.dim() - 2)))))
@@ -127,4 +157,11 @@ def _normalize_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> d
     return {"input": stabilised_ratio(out).mul_(positive_mask(x)).div_(norm)}
 
 
-ABSLRP.register(RuleSpec("normalize", AbsLRPFunction, None, diag=_normalize_diag))
+def _normalize_plain(call: RuleCall, args: dict) -> Tensor:
+    x = args["input"]
+    norm = torch.linalg.vector_norm(x.detach(), args["p"], list(args["dim"]), keepdim=True)
+    return x / (norm if args["eps"] is None else norm.clamp_min(args["eps"]))
+
+
+ABSLRP.register(RuleSpec("normalize", AbsLRPFunction, None, diag=_normalize_diag,
+                         plain=_normalize_plain))

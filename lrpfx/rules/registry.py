@@ -13,7 +13,8 @@ RULESETS: dict[str, RuleSet] = {
         "abslrp",
         description="Relative absolute magnitude LRP (Vukadin et al., ACM TIST 2024), "
         "reference semantics of DESIGN.md §4.2",
-        options={"max_pool_divide": False, "mask_negative_logits": False},
+        options={"max_pool_divide": False, "mask_negative_logits": False,
+                 "merge_total_derivative": False},
     ),
 }
 """Base rule sets, with their options' defaults."""
@@ -22,14 +23,18 @@ RULESETS: dict[str, RuleSet] = {
 def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
     """The rule set called ``name``, with ``options`` applied.
 
-    Options of ``"abslrp"`` (both reproduce quirks of the paper's per-model reference code and
-    are off by default):
+    Options of ``"abslrp"`` (all reproduce quirks of the paper's reference code and are off by
+    default):
 
     - ``max_pool_divide``: max pooling divides by ``|h|`` like every other op (the reference's
       timm ResNet rules do; its VGG rules do not, which is the default here, DESIGN.md §4.1).
     - ``mask_negative_logits``: the output relevance is passed through the absLRP identity rule
       first, so only classes with a positive logit keep their seed (the reference's timm VGG head
       ends in an ``nn.Identity`` that has this effect).
+    - ``merge_total_derivative``: at a residual merge the skip operand takes autograd's total
+      derivative, which also runs through the branch (the reference computes every module's VJP
+      with ``torch.autograd.grad`` on the live graph); needed for its ViT maps and for residual
+      models whose branches are not zero at init. See :mod:`lrpfx.passes.merge_gradient`.
 
     Raises
     ------
