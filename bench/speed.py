@@ -65,6 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lrpfx  # noqa: E402 - after the path fix so the checkout's package is used
+from lrpfx.cli import _rule_options  # noqa: E402 - the CLI's KEY=VALUE parsing
 
 MODELS: dict[str, tuple[str, str]] = {
     "timm_vgg16": ("timm", "vgg16"),
@@ -111,10 +112,14 @@ def saliency(model: nn.Module, x: Tensor) -> Tensor:
     return grad
 
 
+OPTIONS: dict[str, object] = {}
+"""absLRP options for ``explain`` (``--option KEY=VALUE``)."""
+
+
 def compile_explainer(model: nn.Module, x: Tensor) -> tuple[lrpfx.Explainer, float]:
     sync(x.device)
     start = time.perf_counter()
-    explainer = lrpfx.compile(model, example_inputs=x)
+    explainer = lrpfx.compile(model, example_inputs=x, **OPTIONS)
     sync(x.device)
     return explainer, time.perf_counter() - start
 
@@ -196,6 +201,8 @@ def cpu_peak(name: str, method: str, batch: int, threads: int | None) -> float:
            "--batch", str(batch)]
     if threads:
         cmd += ["--threads", str(threads)]
+    for key, value in OPTIONS.items():
+        cmd += ["--option", f"{key}={value}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {name}/{method} failed:\n{proc.stderr[-3000:]}")
@@ -345,6 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--skip-memory", action="store_true", help="timings only")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="absLRP option for explain, repeatable (e.g. merge_total_derivative=true)")
     p.add_argument("--rules", nargs="*", default=None,
                    help="rule-set table instead: time each rule set (default: all) on the "
                    "first of --models (default tv_resnet50)")
@@ -355,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    OPTIONS.update(_rule_options(args.option))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._probe:

@@ -2,8 +2,11 @@
 
 The reference code has per-model rules, and two of its per-model choices differ between its VGG
 and ResNet rules; lrpfx exposes them as the absLRP options ``mask_negative_logits`` (VGG head's
-``nn.Identity``) and ``max_pool_divide`` (ResNet's max pool). The tests also check that the
-defaults do *not* reproduce the other model's quirk, so the options are shown to matter.
+``nn.Identity``) and ``max_pool_divide`` (ResNet's max pool). A third, the total derivative at
+residual merges (``merge_total_derivative``), is what the ViT golden needs
+(``tests/test_vit_reference.py``); here it must leave the ResNet golden matched. The tests also
+check that the defaults do *not* reproduce the other model's quirk, so the options are shown to
+matter.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from tests.conftest import golden_dir
 timm = pytest.importorskip("timm")
 
 CASES = {
-    "vgg11": {"mask_negative_logits": True},
-    "resnet18": {"max_pool_divide": True},
+    "vgg11": ("vgg11", {"mask_negative_logits": True}),
+    "resnet18": ("resnet18", {"max_pool_divide": True}),
+    # the ViT golden needs the total derivative at merges (tests/test_vit_reference.py); on a
+    # timm ResNet with random weights it changes nothing (zero_init_last: J_branch = 0)
+    "resnet18-total": ("resnet18", {"max_pool_divide": True, "merge_total_derivative": True}),
 }
 
 
@@ -49,9 +55,10 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def golden_run(request):
-    golden = _load(request.param)
+    name, options = CASES[request.param]
+    golden = _load(name)
     model = _model(golden)
-    explainer = lrpfx.compile(model, **CASES[request.param])
+    explainer = lrpfx.compile(model, **options)
     parts = explainer.explain_parts(golden["x"], golden["target"])
     return golden, model, explainer, parts
 

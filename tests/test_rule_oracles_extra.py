@@ -436,3 +436,32 @@ def test_constant_mutated_in_place_is_folded_after_the_mutation(frontend):
     with torch.no_grad():
         assert torch.equal(e(x), model(x))
     assert torch.equal(model.lin.bias, before)  # the model itself is untouched
+
+
+@pytest.mark.parametrize("act", [torch.sigmoid, torch.tanh, F.hardsigmoid],
+                         ids=["sigmoid", "tanh", "hardsigmoid"])
+def test_gate_with_negative_preactivations_passes_exactly_zero(act):
+    """``f'`` even: ``f'(x) + sign(x) f'(|x|)`` is exactly 0 where ``x < 0``. A gate whose
+    pre-activations are all negative must pass no relevance at all; computed as a difference,
+    rounding noise would remain, and the per-example normalisation at the gate's input (read
+    twice) would scale that noise up to unit size."""
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.g, self.head = (nn.Linear(3, 6), nn.Linear(6, 6),
+                                           nn.Linear(6, 4))
+            with torch.no_grad():
+                self.g.bias.fill_(-4.0)
+
+        def forward(self, x):
+            z = self.emb(x)
+            return self.head(z * act(self.g(z)))
+
+    torch.manual_seed(0)
+    net = Gate().double().eval()
+    x = torch.randn(5, 3, dtype=torch.double)
+    with torch.no_grad():
+        assert (net.g(net.emb(x)) < 0).all()
+    maps = lrpfx.compile(net).explain(x, contrastive=False, at=["g"])
+    assert torch.equal(maps["g"], torch.zeros_like(maps["g"]))
