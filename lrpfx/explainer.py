@@ -94,7 +94,7 @@ class Explainer(nn.Module):
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)
         if self.ruleset.options.get("merge_total_derivative"):
-            gm = total_derivative_at_merges(gm)
+            report.total_derivative_merges = total_derivative_at_merges(gm)
         gm = fuse_chains(gm)
         for fn in self._conversions:
             gm._apply(fn)

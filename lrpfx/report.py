@@ -58,6 +58,9 @@ class CoverageReport:
     """Nodes on the relevance path (from the explained input to the output)."""
     off_path: list[NodeReport] = field(default_factory=list)
     """The graph's other nodes (constants, shape arithmetic, masks): they need no rule."""
+    total_derivative_merges: list[str] = field(default_factory=list)
+    """Merges (rewritten node names) whose skip operand takes the total derivative through the
+    branch (absLRP option ``merge_total_derivative``)."""
 
     @property
     def unsupported(self) -> list[NodeReport]:
@@ -85,6 +88,9 @@ class CoverageReport:
                  for r in (header, *data)]
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
         counts += f"; {len(self.off_path)} off-path"
+        if self.total_derivative_merges:
+            counts += (f"; {len(self.total_derivative_merges)} merges take the total derivative "
+                       "through their branch")
         return "\n".join([f"lrpfx coverage: rule set {self.rule_set!r}, frontend "
                           f"{self.frontend!r}: {counts}", *lines])
 

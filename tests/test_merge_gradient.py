@@ -155,6 +155,10 @@ def test_the_option_changes_maps_only_where_a_branch_reads_its_skip():
     local = lrpfx.compile(net).explain(x, contrastive=False)
     total = lrpfx.compile(net, merge_total_derivative=True).explain(x, contrastive=False)
     assert not torch.allclose(local, total, rtol=1e-3, atol=1e-6)
+    # residual add, gate, inner and outer nested adds, attention add
+    report = lrpfx.compile(net, merge_total_derivative=True, example_inputs=x).report
+    assert len(report.total_derivative_merges) == 5
+    assert "5 merges take the total derivative" in str(report)
     plain = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3)).double().eval()
     y = torch.randn(3, 4, dtype=torch.double)
     torch.testing.assert_close(

@@ -177,11 +177,12 @@ def _nodes_in(args: Any) -> list[fx.Node]:
     return found
 
 
-def total_derivative_at_merges(gm: fx.GraphModule) -> fx.GraphModule:
+def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
     """Rewrite ``gm`` (an absLRP graph from :func:`lrpfx.passes.rewrite.rewrite`, before fusion)
-    in place so that merges take the total derivative at their skip operand; returns it."""
+    in place so that merges take the total derivative at their skip operand; returns the names
+    of the merge nodes so rewritten."""
     graph = gm.graph
-    count = 0
+    count, names = 0, []
     for node, call in _merges(gm):
         operands = list(node.args[:2])
         for i_skip, i_branch in ((0, 1), (1, 0)):
@@ -207,8 +208,9 @@ def total_derivative_at_merges(gm: fx.GraphModule) -> fx.GraphModule:
             # VJP is also sent, raw, into the plain branch
             call.normalize = call.normalize - {call.relevant[i_skip]}
             call.seeds = (call.relevant[i_branch],)
+            names.append(node.name)
             break
     if count:
         graph.lint()
         gm.recompile()
-    return gm
+    return names
