@@ -13,7 +13,9 @@ scikit-learn's digits, loaded from the cache or trained, seed 0), on the first `
 held-out digits (the same images for every method):
 
 - **methods** (rows): ``abslrp`` (the paper's contrastive map, ``lrpfx.compile(model)``),
-  ``abslrp-pos`` (its positive map only), ``lrpfx:<rule>`` for every other rule set in
+  ``abslrp-pos`` (its positive map only), ``abslrp-total`` (the contrastive map with the
+  reference's total derivative at residual merges, option ``merge_total_derivative``),
+  ``lrpfx:<rule>`` for every other rule set in
   :data:`lrpfx.rules.RULESETS` (positive map, ``lrpfx.compile(model, rule=<rule>)``), and every
   baseline of :data:`lrpfx.baselines.BASELINES` (Captum, grad-cam, attention methods). A method
   that does not apply (attention methods on CNNs, Guided Grad-CAM on the ViT) or fails to compile
@@ -61,7 +63,7 @@ from lrpfx.rules import RULESETS  # noqa: E402
 from lrpfx.zoo import ZOO, load_model  # noqa: E402
 
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
-ABSLRP = ("abslrp", "abslrp-pos")
+ABSLRP = ("abslrp", "abslrp-pos", "abslrp-total")
 
 
 @dataclass
@@ -103,10 +105,13 @@ def build_methods(model: nn.Module, example: Tensor, wanted: list[str]
         try:
             if name in ABSLRP or name.startswith("lrpfx:"):
                 rule = "abslrp" if name in ABSLRP else name.split(":", 1)[1]
-                if rule not in compiled:
-                    compiled[rule] = lrpfx.compile(model, rule=rule, example_inputs=example)
-                fn = lrpfx_method(compiled[rule], contrastive=name == "abslrp")
-                source = f"lrpfx rule={rule!r}"
+                options = {"merge_total_derivative": True} if name == "abslrp-total" else {}
+                key = name if options else rule
+                if key not in compiled:
+                    compiled[key] = lrpfx.compile(model, rule=rule, example_inputs=example,
+                                                  **options)
+                fn = lrpfx_method(compiled[key], contrastive=name != "abslrp-pos")
+                source = f"lrpfx rule={rule!r}" + "".join(f", {k}=True" for k in options)
             else:
                 fn = make_baseline(name, model)
                 source = BASELINES[name].library
