@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from lrpfx.rules.abslrp import AbsLRPFunction
-from lrpfx.rules.base import RuleCall, per_example_l1, positive_or_one
+from lrpfx.rules.base import RuleCall, normalised_gradient
 
 
 class _Collect(torch.autograd.Function):
@@ -50,7 +50,7 @@ class _Collect(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
         (x,) = ctx.saved_tensors
-        return grad / positive_or_one(per_example_l1(x * grad, scratch=True))
+        return normalised_gradient(grad, x)
 
 
 class MergeCollector(nn.Module):
@@ -130,6 +130,12 @@ def _between(skip: fx.Node, branch: fx.Node) -> list[fx.Node] | None:
     return [n for n in branch.graph.nodes if n in inside]
 
 
+def _nodes_in(args: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(args, found.append)
+    return found
+
+
 def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
                   ) -> tuple[PlainBranch, list[fx.Node]]:
     """The branch as its own graph module, and the outside nodes it reads (its extra inputs)."""
@@ -171,18 +177,12 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
     return PlainBranch(fx.GraphModule(root, graph, class_name="PlainBranch")), outside
 
 
-def _nodes_in(args: Any) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg(args, found.append)
-    return found
-
-
 def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
     """Rewrite ``gm`` (an absLRP graph from :func:`lrpfx.passes.rewrite.rewrite`, before fusion)
     in place so that merges take the total derivative at their skip operand; returns the names
     of the merge nodes so rewritten."""
     graph = gm.graph
-    count, names = 0, []
+    names: list[str] = []
     for node, call in _merges(gm):
         operands = list(node.args[:2])
         for i_skip, i_branch in ((0, 1), (1, 0)):
@@ -194,8 +194,7 @@ def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
             if nodes is None:
                 continue
             plain, outside = _plain_branch(gm, skip, nodes)
-            collector, branch_name = f"merge_skip_{count}", f"merge_branch_{count}"
-            count += 1
+            collector, branch_name = f"merge_skip_{len(names)}", f"merge_branch_{len(names)}"
             gm.add_submodule(collector, MergeCollector())
             gm.add_submodule(branch_name, plain)
             with graph.inserting_before(node):
@@ -210,7 +209,7 @@ def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
             call.seeds = (call.relevant[i_branch],)
             names.append(node.name)
             break
-    if count:
+    if names:
         graph.lint()
         gm.recompile()
     return names

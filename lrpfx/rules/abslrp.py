@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, per_example_l1, positive_or_one
+from lrpfx.rules.base import EPS, RuleCall, normalised_gradient, positive_or_one
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -83,7 +83,7 @@ class AbsLRPFunction(torch.autograd.Function):
                 total = torch.linalg.vecdot(kept[name].reshape(grad.shape[0], -1), abs_grad)
                 v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
             elif name in call.normalize:
-                v = v / positive_or_one(per_example_l1(torch.mul(kept[name], v), scratch=True))
+                v = normalised_gradient(v, kept[name])
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime), *seeds)
 

@@ -47,6 +47,12 @@ def safe_l1(t: Tensor) -> Tensor:
     return positive_or_one(per_example_l1(t))
 
 
+def normalised_gradient(g: Tensor, x: Tensor) -> Tensor:
+    """``g / Σ|x ⊙ g|`` per example: the ``G`` whose relevance ``x ⊙ G`` has unit L1 (an
+    all-zero example stays zero). ``g`` is a fresh tensor the caller hands over."""
+    return g / positive_or_one(per_example_l1(torch.mul(x, g), scratch=True))
+
+
 def positive_or_one(total: Tensor) -> Tensor:
     """``total`` with its zeros replaced by 1 (an all-zero example stays zero when divided)."""
     return torch.where(total > 0, total, torch.ones_like(total))

@@ -55,27 +55,31 @@ _DERIVATIVES = {"gelu": _gelu_derivative}
 _EVEN_DERIVATIVE = frozenset({"sigmoid", "tanh", "hardsigmoid"})
 
 
+def _derivatives(call: RuleCall, *points: Tensor) -> list[Tensor]:
+    """``f'`` at each of ``points``: in closed form where PyTorch has the kernel, else by one
+    local autograd call on the stacked points."""
+    closed = _DERIVATIVES.get(call.spec.op)
+    if closed is not None:
+        return [closed(call, p) for p in points]
+    one = len(points) == 1
+    with torch.enable_grad():
+        leaf = (points[0] if one else torch.stack(points)).detach().requires_grad_(True)
+        y = call.op(**call.arguments((leaf,)))
+        (d,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+    return [d] if one else list(d.unbind(0))
+
+
 def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
                      ) -> dict[str, Tensor]:
-    # VJP_x(f(x) + f(|x|); s) = (f'(x) + sign(x) f'(|x|)) ⊙ s: both derivatives once per forward,
-    # in closed form or by one local autograd call on [x; |x|]
+    # VJP_x(f(x) + f(|x|); s) = (f'(x) + sign(x) f'(|x|)) ⊙ s, both derivatives once per forward
     x = inputs["input"]
     if call.spec.op in _EVEN_DERIVATIVE:
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            y = call.op(**call.arguments((leaf,)))
-            (d,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
-        return {"input": stabilised_ratio(out).mul_(d.mul_(positive_mask(x)))}
-    derivative = _DERIVATIVES.get(call.spec.op)
-    if derivative is not None:
-        d0, d1 = derivative(call, x), derivative(call, x.abs())
+        (d,) = _derivatives(call, x)
+        factor = d.mul_(positive_mask(x))
     else:
-        with torch.enable_grad():
-            both = torch.stack([x, x.abs()]).detach().requires_grad_(True)
-            y = call.op(**call.arguments((both,)))
-            (d,) = torch.autograd.grad(y, both, torch.ones_like(y))
-        d0, d1 = d[0], d[1]
-    return {"input": stabilised_ratio(out).mul_(d0.addcmul_(torch.sign(x), d1))}
+        d0, d1 = _derivatives(call, x, x.abs())
+        factor = d0.addcmul_(torch.sign(x), d1)
+    return {"input": stabilised_ratio(out).mul_(factor)}
 
 
 ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag, through=_relu_through))

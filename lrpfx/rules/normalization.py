@@ -52,14 +52,16 @@ def _statistics_diag(statistic, weight_shape):  # noqa: ANN001, ANN202 - two sma
 def _layer_norm_plain(call: RuleCall, args: dict) -> Tensor:
     x, shape = args["input"], args["normalized_shape"]
     _, mean, rstd = torch.native_layer_norm(x.detach(), shape, None, None, args["eps"])
-    return _affine((x - mean) * rstd, args["weight"], args["bias"], ())
+    return _affine((x - mean) * rstd, args["weight"], args["bias"])
 
 
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple) -> Tensor:
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None,
+            shape: tuple[int, ...] | None = None) -> Tensor:
+    """``y · weight + bias``, the parameters reshaped to ``shape`` first when given."""
     if weight is not None:
-        y = y * (weight.reshape(shape) if shape else weight)
+        y = y * (weight if shape is None else weight.reshape(shape))
     if bias is not None:
-        y = y + (bias.reshape(shape) if shape else bias)
+        y = y + (bias if shape is None else bias.reshape(shape))
     return y
 
 
