@@ -35,8 +35,9 @@ import lrpfx.rules.abslrp as abslrp  # noqa: E402
 def instrument(explainer: torch.nn.Module) -> None:
     """Label every rule's backward, its VJP and its L1 reduction for the profiler."""
     original_backward = abslrp.AbsLRPFunction.backward
-    # the two normalisers of AbsLRPFunction.backward: Σ|x ⊙ v| and the dot product with |x ⊙ F|
-    original_l1, original_dot = abslrp.per_example_l1, torch.linalg.vecdot
+    # the two normalisers of AbsLRPFunction.backward: v / Σ|x ⊙ v| and the dot product with
+    # |x ⊙ F|
+    original_l1, original_dot = abslrp.normalised_gradient, torch.linalg.vecdot
 
     def backward(ctx, grad):  # noqa: ANN001, ANN202
         with record_function(f"rule::{ctx.call.spec.op}"):
@@ -52,7 +53,7 @@ def instrument(explainer: torch.nn.Module) -> None:
             return original_dot(*args, **kwargs)
 
     abslrp.AbsLRPFunction.backward = staticmethod(backward)
-    abslrp.per_example_l1 = l1
+    abslrp.normalised_gradient = l1
     torch.linalg.vecdot = dot  # this process only
     for module in explainer.modules():
         spec = getattr(module, "spec", None)
