@@ -25,6 +25,11 @@ What is measured, per model (random init, eval mode, float32, ``--batch`` x 3 x 
   *ratio (min)* divides the two minimum times, the better estimate when other processes
   compete for the cores (contention only ever adds time). The ``<= 2.0?`` verdict uses the
   paired median.
+- **one process per model**: each model is timed in a fresh subprocess (``--in-process`` times
+  them one after another in this one). On CPU, glibc's heap remembers the models before: the
+  second model timed in one process ran explain about 10 % slower relative to saliency (ratio
+  2.20 against 2.02 for the same model timed first; explain allocates about 3x what saliency
+  does, see the README's speed section), which says more about the order than about the model.
   On CUDA every timed call is bracketed by ``torch.cuda.synchronize()``.
 - **peak memory** (extra memory of one call, beyond what exists before it: model, compiled
   graph, input):
@@ -278,6 +283,23 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def isolated(name: str, args: argparse.Namespace) -> dict:
+    """:func:`bench_model` for one model in a fresh subprocess, with the same settings."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_time", "--models", name,
+           "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup",
+           str(args.warmup), "--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.skip_memory:
+        cmd.append("--skip-memory")
+    for option in args.option:
+        cmd += ["--option", option]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing {name} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def bench_rules(name: str, rules: list[str], args: argparse.Namespace) -> list[dict]:
     """Each rule set's contrastive ``explain`` against saliency, interleaved in one run."""
     device = torch.device(args.device)
@@ -357,8 +379,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rules", nargs="*", default=None,
                    help="rule-set table instead: time each rule set (default: all) on the "
                    "first of --models (default tv_resnet50)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time all models in this process, one after another (default: each in "
+                   "a fresh subprocess)")
     p.add_argument("--_probe", choices=["saliency", "explain"], default=None,
                    help=argparse.SUPPRESS)
+    p.add_argument("--_time", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -379,10 +405,13 @@ def main(argv: list[str] | None = None) -> None:
         rules = args.rules or list(RULESETS)
         print(markdown_rules(name, bench_rules(name, rules, args), args))
         return
+    if args._time:
+        print(json.dumps(bench_model(args.models[0], args)))
+        return
     rows = []
     for name in args.models:
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-        rows.append(bench_model(name, args))
+        rows.append(bench_model(name, args) if args.in_process else isolated(name, args))
     print(markdown(rows, args))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -136,14 +136,21 @@ _CONV_FN = {1: FnConv1d, 2: FnConv2d, 3: FnConv3d}
 
 
 @st.composite
-def conv_cases(draw):
+def conv_cases(draw, pointwise: bool = False):
+    """Convolutions of any rank, grouping, stride, padding and dilation; ``pointwise``: strided
+    1×1 ones without padding (their transpose has its own implementation)."""
     n = draw(st.integers(1, 3))
     groups = draw(st.integers(1, 3))
     cin = groups * draw(st.integers(1, 2))
     cout = groups * draw(st.integers(1, 2))
-    k = tuple(draw(st.integers(1, 3)) for _ in range(n))
-    stride = tuple(draw(st.integers(1, 2)) for _ in range(n))
-    padding = tuple(draw(st.integers(0, 2)) for _ in range(n))
+    if pointwise:
+        k, padding = (1,) * n, (0,) * n
+        stride = tuple(draw(st.lists(st.integers(1, 3), min_size=n, max_size=n)
+                            .filter(lambda s: max(s) > 1)))
+    else:
+        k = tuple(draw(st.integers(1, 3)) for _ in range(n))
+        stride = tuple(draw(st.integers(1, 2)) for _ in range(n))
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(n))
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(n))
     extra = 2 if n == 3 else 4
     size = []
@@ -172,6 +179,13 @@ def test_conv(case, nonneg, batch, classes, frontend, seed):
     x, target = _inputs(g, shape, classes)
     e = _check_sequential(model, x, target, frontend)
     assert _fast_path_used(e, "conv") == nonneg
+
+
+@_settings(20)
+@given(case=conv_cases(pointwise=True), nonneg=st.booleans(), batch=st.integers(1, 3),
+       classes=st.integers(1, 4), frontend=frontends, seed=seeds)
+def test_conv_strided_pointwise(case, nonneg, batch, classes, frontend, seed):
+    test_conv.hypothesis.inner_test(case, nonneg, batch, classes, frontend, seed)
 
 
 # ----------------------------------------------------------------------------- linear

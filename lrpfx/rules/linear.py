@@ -30,10 +30,33 @@ def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Ten
     # uninitialised tensor does, at no memory cost while the graph waits for its backward
     st = call.static
     n = len(st["stride"])
+    if _strided_pointwise(call, weight):
+        return _pointwise_transpose(call, x, s, weight)
     return torch.ops.aten.convolution_backward(
         s, x.new_empty(x.shape), weight, None, st["stride"], st["padding"], st["dilation"],
         False, [0] * n, st["groups"], [True, False, False],
     )[0]
+
+
+def _strided_pointwise(call: RuleCall, weight: Tensor) -> bool:
+    """A strided 1×1 convolution without padding (ResNet's downsampling shortcut)."""
+    st = call.static
+    return all(k == 1 for k in weight.shape[2:]) and not any(st["padding"]) \
+        and any(k > 1 for k in st["stride"])
+
+
+def _pointwise_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
+    """The transpose of a strided 1×1 convolution: it reads every k-th input position, so its
+    transpose is the unstrided 1×1 transpose scattered back to those positions, zeros between.
+    The same numbers as ``convolution_backward``; on CPU oneDNN's strided kernel takes 1.5–4×
+    as long for ResNet-50's shortcuts (``bench/strided_pointwise.py``)."""
+    st = call.static
+    n = len(st["stride"])
+    dense = torch.ops.aten.convolution(s, weight, None, [1] * n, [0] * n, [1] * n, True,
+                                       [0] * n, st["groups"])
+    out = s.new_zeros(x.shape)
+    out[(..., *(slice(None, None, k) for k in st["stride"]))] = dense
+    return out
 
 
 def _shape_of(x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
