@@ -465,3 +465,25 @@ def test_gate_with_negative_preactivations_passes_exactly_zero(act):
         assert (net.g(net.emb(x)) < 0).all()
     maps = lrpfx.compile(net).explain(x, contrastive=False, at=["g"])
     assert torch.equal(maps["g"], torch.zeros_like(maps["g"]))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@_settings(30)
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=4), broadcast=st.booleans(),
+       dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]),
+       inplace=st.booleans(), seed=seeds)
+def test_keep_positive_is_a_masked_product(shape, broadcast, dtype, inplace, seed):
+    """``keep_positive`` (ReLU's backward kernel) equals ``t ⊙ [x > 0]`` for any broadcast and
+    mixed dtypes (the raw kernel returns zeros for those)."""
+    from lrpfx.rules.abslrp import keep_positive
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g, dtype=torch.float64)
+    x_shape = [1] * len(shape) if broadcast else shape
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64).to(dtype)
+    x.view(-1)[0] = 0.0  # the boundary: zero is not positive
+    expected = t * (x > 0)
+    got = keep_positive(t.clone() if inplace else t, x, inplace=inplace)
+    assert torch.equal(got, expected)

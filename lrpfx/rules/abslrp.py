@@ -217,10 +217,17 @@ def stabilised_ratio(out: Tensor, nonneg: bool = False) -> Tensor:
     return torch.div(out, r, out=r)
 
 
-def positive_mask(x: Tensor) -> Tensor:
-    """``[x > 0]`` as a tensor of ``x``'s dtype. (``masked_fill``/``where`` take a slow path on
-    CPU, about 8x the cost of this pair of in-place element-wise ops.)"""
-    return torch.sign(x).clamp_(min=0)
+def keep_positive(t: Tensor, x: Tensor, inplace: bool = False) -> Tensor:
+    """``t ⊙ [x > 0]`` in one pass, with no mask tensor (the kernel of ReLU's backward); ``x``
+    broadcasts to ``t``'s shape. ``inplace``: ``t`` is a temporary, overwritten.
+
+    (``torch.where`` and ``masked_fill`` take a slow path on CPU, and a mask built from
+    ``sign`` costs two more passes and an allocation: this is 3-5x faster than either.)"""
+    if x.dtype != t.dtype:  # the kernel reads both as one dtype (mixed ones give zeros)
+        x = x.to(t.dtype)
+    if inplace:
+        return torch.ops.aten.threshold_backward.grad_input(t, x, 0, grad_input=t)
+    return torch.ops.aten.threshold_backward(t, x, 0)
 
 
 def abs_branch_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -30,8 +30,7 @@ def _add_diag(sign_other: float):
         factors = {}
         for i, name in enumerate(call.relevant):
             last = i + 1 == len(call.relevant)  # the last one may reuse sgn in place
-            mask = positive_mask(inputs[name])
-            f = sgn.mul_(mask) if last and mask.dim() <= sgn.dim() else sgn * mask
+            f = keep_positive(sgn, inputs[name], inplace=last)
             factors[name] = f.neg_() if sign_other < 0 and name != "input" else f
         return factors
 
@@ -48,7 +47,7 @@ def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
         other = args["other" if name == "input" else "input"]
         if not isinstance(other, Tensor):
             other = torch.as_tensor(other, dtype=out.dtype, device=out.device)
-        factors[name] = (sgn * other).mul_(positive_mask(x * other))
+        factors[name] = keep_positive(sgn * other, x * other, inplace=True)
     return factors
 
 
@@ -61,12 +60,12 @@ def _div_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
     if not isinstance(b, Tensor):
         b = torch.as_tensor(b, dtype=out.dtype, device=out.device)
     sgn = stabilised_ratio(out)
-    keep = positive_mask(a * b)
+    kept = keep_positive(sgn, a * b, inplace=True)
     factors = {}
     if "input" in call.relevant:
-        factors["input"] = sgn * keep / b
+        factors["input"] = kept / b
     if "other" in call.relevant:
-        factors["other"] = -sgn * keep * a / (b * b)
+        factors["other"] = -kept * a / (b * b)
     return factors
 
 

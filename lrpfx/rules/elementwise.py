@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -75,7 +75,7 @@ def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     x = inputs["input"]
     if call.spec.op in _EVEN_DERIVATIVE:
         (d,) = _derivatives(call, x)
-        factor = d.mul_(positive_mask(x))
+        factor = keep_positive(d, x, inplace=True)
     else:
         d0, d1 = _derivatives(call, x, x.abs())
         factor = d0.addcmul_(torch.sign(x), d1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, positive_mask, stabilised_ratio
+from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
@@ -96,9 +96,9 @@ def _rms_norm_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> di
     inv = 1.0 / _rms(x, len(call.static["normalized_shape"]), call.static["eps"]).to(out.dtype)
     weight = call.constant("weight")
     if weight is None:
-        return {"input": ratio.mul_(inv).mul_(positive_mask(x))}
+        return {"input": keep_positive(ratio.mul_(inv), x, inplace=True)}
     w = weight.to(out.dtype)
-    return {"input": ratio.mul_(inv).mul_(w).mul_(positive_mask(x * w))}
+    return {"input": keep_positive(ratio.mul_(inv).mul_(w), x * w, inplace=True)}
 
 
 def _rms_norm_plain(call: RuleCall, args: dict) -> Tensor:
@@ -156,7 +156,7 @@ def _normalize_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> d
     norm = torch.linalg.vector_norm(x, st["p"], list(st["dim"]), keepdim=True)
     if st["eps"] is not None:
         norm = norm.clamp_min(st["eps"])
-    return {"input": stabilised_ratio(out).mul_(positive_mask(x)).div_(norm)}
+    return {"input": keep_positive(stabilised_ratio(out), x, inplace=True).div_(norm)}
 
 
 def _normalize_plain(call: RuleCall, args: dict) -> Tensor:
