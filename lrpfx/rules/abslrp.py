@@ -83,7 +83,7 @@ class AbsLRPFunction(torch.autograd.Function):
                 total = torch.linalg.vecdot(kept[name].reshape(grad.shape[0], -1), abs_grad)
                 v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
             elif name in call.normalize:
-                v = normalised_gradient(v, kept[name])
+                v = normalised_gradient(v, kept[name], inplace=True)
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime), *seeds)
 

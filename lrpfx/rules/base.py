@@ -47,10 +47,13 @@ def safe_l1(t: Tensor) -> Tensor:
     return positive_or_one(per_example_l1(t))
 
 
-def normalised_gradient(g: Tensor, x: Tensor) -> Tensor:
+def normalised_gradient(g: Tensor, x: Tensor, inplace: bool = False) -> Tensor:
     """``g / Σ|x ⊙ g|`` per example: the ``G`` whose relevance ``x ⊙ G`` has unit L1 (an
-    all-zero example stays zero). ``g`` is a fresh tensor the caller hands over."""
-    return g / positive_or_one(per_example_l1(torch.mul(x, g), scratch=True))
+    all-zero example stays zero). ``inplace``: ``g`` is a temporary the caller hands over, divided
+    in place (one large allocation fewer) where its memory allows (contiguous: no element
+    shared by two positions, as in an expanded view)."""
+    total = positive_or_one(per_example_l1(torch.mul(x, g), scratch=True))
+    return g.div_(total) if inplace and g.is_contiguous() else g / total
 
 
 def positive_or_one(total: Tensor) -> Tensor:
@@ -86,7 +89,9 @@ class RuleSpec:
         ``vjp(call, inputs, s, out) -> {name: tensor}``: the family's backward map for each input in
         ``call.relevant`` (for absLRP, ``VJP_x(h + ha; s)``); ``inputs`` holds every runtime
         tensor argument by name (relevant ones and ``call.runtime`` ones), ``out`` is the op's
-        forward output.
+        forward output. Each returned tensor must be new (it may be ``s`` itself, a temporary,
+        but not a saved tensor, nor one returned for another input): the backward normalises
+        them in place.
     relevance_args
         Arguments that may carry relevance; an op whose other tensor arguments depend on the
         model input is reported unsupported (e.g. a convolution with a computed weight).
