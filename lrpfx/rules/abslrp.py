@@ -98,10 +98,11 @@ def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, 
 
 def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # noqa: ANN001
              then: Tensor | None = None, scale: Tensor | None = None,
-             extras: dict[str, Tensor] | None = None) -> None:
+             extras: dict[str, Tensor] | None = None, ratio: Tensor | None = None) -> None:
     """Compute and save what the backward reads. For a node heading a fused chain (see
     :class:`ChainFunction`) the caller passes the tails' factor: ``then`` (element-wise heads,
-    multiplied into their factors) or ``scale`` (other heads: the whole ``s / G``)."""
+    multiplied into their factors), ``ratio`` (heads with ``RuleSpec.masks``: ``ratio(out)``
+    times the tails' factor) or ``scale`` (other heads: the whole ``s / G``)."""
     spec = call.spec
     named = dict(zip(call.relevant + call.runtime, inputs))
     ctx.shapes = {k: named[k].shape for k in call.relevant}
@@ -109,9 +110,14 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
     # the backward reads is kept
     kept = [named[k] for k in call.relevant if k in call.normalize]
     if spec.diag is not None:
-        factors = spec.diag(call, named, out)
+        if ratio is not None:
+            factors = spec.masks(call, named, ratio)
+        else:
+            factors = spec.diag(call, named, out)
         if then is not None:
-            factors = {k: f * then for k, f in factors.items()}
+            # diag's factors are new tensors: multiplied in place where the shape allows
+            factors = {k: f.mul_(then) if f.shape == then.shape else f * then
+                       for k, f in factors.items()}
         ctx.factor_names = tuple(factors)
         # a normalised input x keeps |x ⊙ F| instead of x when no broadcasting is involved (see
         # backward): the same memory, one dot product per pass instead of three passes
@@ -151,16 +157,24 @@ class ChainFunction(AbsLRPFunction):
         out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
         factor = None
         if grad:  # one running factor, updated op by op; an element-wise head's own factors
-            # hold its ratio, so for it the tails' product starts empty
-            factor = RunningFactor(None) if head.spec.diag is not None else RunningFactor(
-                stabilised_ratio(out) if head.spec.divide else out.clone())
+            # hold its ratio, so for it the tails' product starts empty, unless the head takes
+            # its ratio from the chain (RuleSpec.masks): then ratio(out) is left pending, and a
+            # following ReLU computes ratio(relu(out))² instead of two ratios
+            if head.spec.masks is not None:
+                factor = RunningFactor(None, pending=out)
+            elif head.spec.diag is not None:
+                factor = RunningFactor(None)
+            else:
+                factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
         y = out
         for t in chain.tail:
             x, y = y, t.op(**t.arguments((y,)))
             if factor is not None:
                 factor.through(t, x, y)
         if factor is not None:
-            if head.spec.diag is not None:
+            if head.spec.masks is not None:
+                _prepare(ctx, head, inputs, out, ratio=factor.materialize(), extras=extras)
+            elif head.spec.diag is not None:
                 _prepare(ctx, head, inputs, out, then=factor.materialize(), extras=extras)
             else:
                 _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
@@ -176,19 +190,24 @@ class RunningFactor:
     cheaply than ``F ⊙ diag``, using two exact facts:
 
     - ``aligned``: ``F = ratio(x) ⊙ Q`` with ``Q ≥ 0``. True at a head that is not element-wise
-      (an empty factor, ``value`` None, is not aligned); kept by batch norm and ReLU; lost after
-      any other rule. Then batch norm's ``F ⊙ a [x a > 0]`` is ``(F ⊙ a)⁺``.
+      and at one whose ratio is pending (an empty factor, ``value`` None with nothing pending,
+      is not aligned); kept by batch norm and ReLU; lost after any other rule. Then batch norm's
+      ``F ⊙ a [x a > 0]`` is ``(F ⊙ a)⁺``.
     - ``pending``: a tensor ``y`` whose ``ratio(y)`` is still owed to ``F`` (batch norm leaves
-      its own; a following ReLU needs ``ratio(y) ⊙ ratio(relu(y)) = ratio(relu(y))²``, so it
-      never computes ``ratio(y)``). :meth:`materialize` pays what is owed.
+      its own, an add head its output's; a following ReLU needs
+      ``ratio(y) ⊙ ratio(relu(y)) = ratio(relu(y))²``, so it never computes ``ratio(y)``).
+      :meth:`materialize` pays what is owed. ``value`` None with ``y`` pending means
+      ``F = ratio(y)``.
     """
 
-    def __init__(self, value: Tensor | None) -> None:
-        self.value, self.aligned, self.pending = value, value is not None, None
+    def __init__(self, value: Tensor | None, pending: Tensor | None = None) -> None:
+        self.value, self.pending = value, pending
+        self.aligned = value is not None or pending is not None
 
     def materialize(self) -> Tensor | None:
         if self.pending is not None:
-            self.value.mul_(stabilised_ratio(self.pending))
+            r = stabilised_ratio(self.pending)
+            self.value = r if self.value is None else self.value.mul_(r)
             self.pending = None
         return self.value
 

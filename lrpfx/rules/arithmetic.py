@@ -23,18 +23,23 @@ from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised
 from lrpfx.rules.base import RuleCall, RuleSpec
 
 
-def _add_diag(sign_other: float):
-    def diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
-        # (1 + sign a) ⊙ s, s = G ⊙ y/(|y|+ε): 2 [a > 0] y/(|y|+ε) G (negated for b in a − b)
-        sgn = stabilised_ratio(out)
+def _add_masks(sign_other: float):
+    def masks(call: RuleCall, inputs: dict[str, Tensor], r: Tensor) -> dict[str, Tensor]:
+        # (1 + sign a) ⊙ s, s = G ⊙ r (r = y/(|y|+ε)): 2 [a > 0] r G (negated for b in a − b)
         factors = {}
         for i, name in enumerate(call.relevant):
-            last = i + 1 == len(call.relevant)  # the last one may reuse sgn in place
-            f = keep_positive(sgn, inputs[name], inplace=last)
+            last = i + 1 == len(call.relevant)  # the last one may reuse r in place
+            f = keep_positive(r, inputs[name], inplace=last)
             factors[name] = f.neg_() if sign_other < 0 and name != "input" else f
         return factors
 
-    return diag
+    return masks
+
+
+def _add_spec(op: str, sign_other: float) -> RuleSpec:
+    masks = _add_masks(sign_other)
+    return RuleSpec(op, AbsLRPFunction, None, relevance_args=("input", "other"), masks=masks,
+                    diag=lambda call, inputs, out: masks(call, inputs, stabilised_ratio(out)))
 
 
 def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
@@ -69,10 +74,8 @@ def _div_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
     return factors
 
 
-ABSLRP.register(RuleSpec("add", AbsLRPFunction, None, diag=_add_diag(1.0),
-                         relevance_args=("input", "other")))
-ABSLRP.register(RuleSpec("sub", AbsLRPFunction, None, diag=_add_diag(-1.0),
-                         relevance_args=("input", "other")))
+ABSLRP.register(_add_spec("add", 1.0))
+ABSLRP.register(_add_spec("sub", -1.0))
 ABSLRP.register(RuleSpec("mul", AbsLRPFunction, None, diag=_mul_diag,
                          relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("div", AbsLRPFunction, None, diag=_div_diag,

@@ -114,7 +114,8 @@ class RuleSpec:
     diag: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
     """Element-wise rules: ``diag(call, inputs, out) -> {name: F}`` with
     ``VJP_name(h + ha; s) ∝ F ⊙ G_y`` (positive per-example factors dropped). Computed once per
-    forward and shared by the backward passes; replaces ``vjp`` and ``divide``."""
+    forward and shared by the backward passes; replaces ``vjp`` and ``divide``. Each ``F`` must be
+    a new tensor, not shared with another input's (a fused chain multiplies it in place)."""
     prepare: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
     """``prepare(call, inputs, out) -> {name: tensor}``, run once per forward: what ``vjp`` reads
     (it then receives this dict instead of the inputs). Lets a rule compute ``sign(x)`` or
@@ -123,6 +124,11 @@ class RuleSpec:
         = None
     """``forward_with(call, arguments) -> (out, extras)``: the op's output computed together with
     tensors ``prepare`` reads (found in its inputs dict), e.g. max pooling's winners."""
+    masks: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]] | None = None
+    """Element-wise rules whose factors are ``ratio(y) ⊙ M_k`` (add, sub):
+    ``masks(call, inputs, r) -> {name: r ⊙ M_k}`` for a given ``r``, a new tensor it may
+    overwrite. At the head of a fused chain ``r`` is ``ratio(y)`` times the tails' factor,
+    computed by the chain (after a ReLU: ``ratio(relu(y))²``, one ratio instead of two)."""
     through: Callable[..., None] | None = None
     """Element-wise rules in a fused chain: ``through(call, x, y, factor)`` multiplies the
     chain's :class:`lrpfx.rules.abslrp.RunningFactor` by this rule's ``diag``, more cheaply

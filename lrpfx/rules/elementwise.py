@@ -28,7 +28,8 @@ def _relu_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa
     # ratio(y) ⊙ (ratio(y) Q) on x > 0, 0 elsewhere.
     r = stabilised_ratio(y, nonneg=True)
     if factor.pending is x:
-        factor.value.mul_(r).mul_(r)
+        r.mul_(r)
+        factor.value = r if factor.value is None else factor.value.mul_(r)
         factor.pending = None
     else:
         factor.multiply(r)
