@@ -487,3 +487,22 @@ def test_keep_positive_is_a_masked_product(shape, broadcast, dtype, inplace, see
     expected = t * (x > 0)
     got = keep_positive(t.clone() if inplace else t, x, inplace=inplace)
     assert torch.equal(got, expected)
+
+
+@_settings(20)
+@given(batch=st.sampled_from([1, 3, 33, 40]), shape=st.lists(st.integers(1, 4), max_size=3),
+       seed=seeds)
+def test_per_example_dot_and_nonneg_normalisation(batch, shape, seed):
+    """The per-example dot product (a loop of BLAS dots, or ``vecdot`` past 32 examples) is
+    ``Σ a ⊙ b`` per example, and the non-negative normalisation it serves (``x · |g|``) equals
+    the general one (``Σ|x ⊙ g|``) whenever ``x ≥ 0``."""
+    from lrpfx.rules.base import normalised_gradient, per_example_dot
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    b = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    expected = (a * b).reshape(batch, -1).sum(1)
+    torch.testing.assert_close(per_example_dot(a, b), expected, rtol=1e-12, atol=1e-12)
+    x = a.abs()
+    torch.testing.assert_close(normalised_gradient(b.clone(), x, inplace=True, nonneg=True),
+                               normalised_gradient(b, x), rtol=1e-12, atol=1e-15)

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx.rules.base import EPS, RuleCall, normalised_gradient, positive_or_one
+from lrpfx.rules.base import (
+    EPS,
+    RuleCall,
+    normalised_gradient,
+    per_example_dot,
+    positive_or_one,
+)
 from lrpfx.rules.registry import RULESETS
 
 ABSLRP = RULESETS["abslrp"]
@@ -79,11 +85,11 @@ class AbsLRPFunction(torch.autograd.Function):
                 # Σ|x ⊙ F ⊙ G| = Σ |x ⊙ F| ⊙ |G|: one dot product with the weights saved in
                 # the forward, |G| shared by the node's inputs; v = G ⊙ F is a fresh tensor
                 if abs_grad is None:
-                    abs_grad = grad.abs().reshape(grad.shape[0], -1)
-                total = torch.linalg.vecdot(kept[name].reshape(grad.shape[0], -1), abs_grad)
+                    abs_grad = grad.abs()
+                total = per_example_dot(kept[name], abs_grad)
                 v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
             elif name in call.normalize:
-                v = normalised_gradient(v, kept[name], inplace=True)
+                v = normalised_gradient(v, kept[name], inplace=True, nonneg=name in call.nonneg)
             grads.append(v)
         return (None, *grads, *[None] * len(call.runtime), *seeds)
 

@@ -47,13 +47,31 @@ def safe_l1(t: Tensor) -> Tensor:
     return positive_or_one(per_example_l1(t))
 
 
-def normalised_gradient(g: Tensor, x: Tensor, inplace: bool = False) -> Tensor:
+def normalised_gradient(g: Tensor, x: Tensor, inplace: bool = False, nonneg: bool = False
+                        ) -> Tensor:
     """``g / Σ|x ⊙ g|`` per example: the ``G`` whose relevance ``x ⊙ G`` has unit L1 (an
     all-zero example stays zero). ``inplace``: ``g`` is a temporary the caller hands over, divided
     in place (one large allocation fewer) where its memory allows (contiguous: no element
-    shared by two positions, as in an expanded view)."""
-    total = positive_or_one(per_example_l1(torch.mul(x, g), scratch=True))
+    shared by two positions, as in an expanded view). ``nonneg``: ``x ≥ 0`` is known, so the sum
+    is the dot product ``x · |g|`` (one pass fewer)."""
+    if nonneg and g.dim() >= 2 and g.shape == x.shape:
+        total = per_example_dot(x, g.abs()).reshape(-1, *[1] * (g.dim() - 1))
+    else:
+        total = per_example_l1(torch.mul(x, g), scratch=True)
+    total = positive_or_one(total)
     return g.div_(total) if inplace and g.is_contiguous() else g / total
+
+
+def per_example_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ a ⊙ b`` over all dimensions but the first (the batch): shape ``(B,)``.
+
+    One BLAS dot product per example: ``linalg.vecdot`` multiplies into a temporary first, about
+    1.6x slower on CPU at ResNet sizes. Past a few dozen examples the Python loop would cost
+    more than the temporary."""
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    if a.shape[0] > 32:
+        return torch.linalg.vecdot(a, b)
+    return torch.stack([torch.dot(u, v) for u, v in zip(a, b)])
 
 
 def positive_or_one(total: Tensor) -> Tensor:
