@@ -6,6 +6,9 @@ full suite; ``LRPFX_SKIP_SLOW=1`` skips them for a quick local run."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 
 import coverage_models as cm
@@ -16,6 +19,18 @@ pytestmark = [
     pytest.mark.skipif(bool(os.environ.get("LRPFX_SKIP_SLOW")),
                        reason="model-zoo giants skipped: LRPFX_SKIP_SLOW is set"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _return_memory():
+    """After each giant, hand freed heap memory back to the system: glibc keeps it, fragmented,
+    and over 24 giants one worker grew to 17 GB (and was OOM-killed beside the other worker),
+    against 11 GB for the largest model alone."""
+    yield
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 @pytest.mark.parametrize("case", cm.slow_cases(), ids=lambda c: c.id)
