@@ -69,7 +69,7 @@ def per_example_dot(a: Tensor, b: Tensor) -> Tensor:
     1.6x slower on CPU at ResNet sizes. Past a few dozen examples the Python loop would cost
     more than the temporary."""
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    if a.shape[0] > 32:
+    if not 0 < a.shape[0] <= 32:
         return torch.linalg.vecdot(a, b)
     return torch.stack([torch.dot(u, v) for u, v in zip(a, b)])
 
