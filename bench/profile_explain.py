@@ -37,7 +37,7 @@ def instrument(explainer: torch.nn.Module) -> None:
     original_backward = abslrp.AbsLRPFunction.backward
     # the two normalisers of AbsLRPFunction.backward: v / Σ|x ⊙ v| and the dot product with
     # |x ⊙ F|
-    original_l1, original_dot = abslrp.normalised_gradient, torch.linalg.vecdot
+    original_l1, original_dot = abslrp.normalised_gradient, abslrp.per_example_dot
 
     def backward(ctx, grad):  # noqa: ANN001, ANN202
         with record_function(f"rule::{ctx.call.spec.op}"):
@@ -54,7 +54,7 @@ def instrument(explainer: torch.nn.Module) -> None:
 
     abslrp.AbsLRPFunction.backward = staticmethod(backward)
     abslrp.normalised_gradient = l1
-    torch.linalg.vecdot = dot  # this process only
+    abslrp.per_example_dot = dot  # this process only
     for module in explainer.modules():
         spec = getattr(module, "spec", None)
         if spec is None or getattr(spec.vjp, "_lrpfx_wrapped", False):

@@ -501,7 +501,7 @@ def test_per_example_dot_and_nonneg_normalisation(batch, shape, seed):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
     b = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
-    expected = (a * b).reshape(batch, -1).sum(1)
+    expected = (a * b).reshape(batch, -1).sum(1).reshape(-1, *[1] * len(shape))
     torch.testing.assert_close(per_example_dot(a, b), expected, rtol=1e-12, atol=1e-12)
     x = a.abs()
     torch.testing.assert_close(normalised_gradient(b.clone(), x, inplace=True, nonneg=True),

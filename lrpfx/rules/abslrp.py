@@ -86,8 +86,7 @@ class AbsLRPFunction(torch.autograd.Function):
                 # the forward, |G| shared by the node's inputs; v = G ⊙ F is a fresh tensor
                 if abs_grad is None:
                     abs_grad = grad.abs()
-                total = per_example_dot(kept[name], abs_grad)
-                v = v.div_(positive_or_one(total).reshape(-1, *[1] * (v.dim() - 1)))
+                v = v.div_(positive_or_one(per_example_dot(kept[name], abs_grad)))
             elif name in call.normalize:
                 v = normalised_gradient(v, kept[name], inplace=True, nonneg=name in call.nonneg)
             grads.append(v)

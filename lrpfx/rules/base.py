@@ -55,7 +55,7 @@ def normalised_gradient(g: Tensor, x: Tensor, inplace: bool = False, nonneg: boo
     shared by two positions, as in an expanded view). ``nonneg``: ``x ≥ 0`` is known, so the sum
     is the dot product ``x · |g|`` (one pass fewer)."""
     if nonneg and g.dim() >= 2 and g.shape == x.shape:
-        total = per_example_dot(x, g.abs()).reshape(-1, *[1] * (g.dim() - 1))
+        total = per_example_dot(x, g.abs())
     else:
         total = per_example_l1(torch.mul(x, g), scratch=True)
     total = positive_or_one(total)
@@ -63,15 +63,17 @@ def normalised_gradient(g: Tensor, x: Tensor, inplace: bool = False, nonneg: boo
 
 
 def per_example_dot(a: Tensor, b: Tensor) -> Tensor:
-    """``Σ a ⊙ b`` over all dimensions but the first (the batch): shape ``(B,)``.
+    """``Σ a ⊙ b`` over all dimensions but the first (the batch), shaped to broadcast against
+    ``a`` (like :func:`per_example_l1`).
 
     One BLAS dot product per example: ``linalg.vecdot`` multiplies into a temporary first, about
     1.6x slower on CPU at ResNet sizes. Past a few dozen examples the Python loop would cost
     more than the temporary."""
+    shape = (-1, *[1] * (a.dim() - 1))
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     if not 0 < a.shape[0] <= 32:
-        return torch.linalg.vecdot(a, b)
-    return torch.stack([torch.dot(u, v) for u, v in zip(a, b)])
+        return torch.linalg.vecdot(a, b).reshape(shape)
+    return torch.stack([torch.dot(u, v) for u, v in zip(a, b)]).reshape(shape)
 
 
 def positive_or_one(total: Tensor) -> Tensor:
