@@ -14,7 +14,7 @@ import oracle
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from torch import Tensor, nn
@@ -73,7 +73,12 @@ def _assert_close(got: Tensor, expected: Tensor) -> None:
         assert smallest > 1e-6, "a fixed example whose relevance cancels to rounding noise"
     assert torch.isfinite(expected).all()
     diff = (got - expected).abs().max().item()
-    assert torch.allclose(got, expected, rtol=RTOL, atol=ATOL), (
+    # the oracle, like the reference, normalises r / (Σ|r| + EPS): an error of EPS / Σ|r| relative
+    # to each normalised part, which lrpfx (scale-invariant) does not make. Where two parts
+    # nearly cancel (a residual merge) it is absolute, not relative to their sum; the map has
+    # unit L1, so the parts are of order 1 (10x: a few normalisations along a path)
+    atol = ATOL + 10 * oracle.EPS / smallest
+    assert torch.allclose(got, expected, rtol=RTOL, atol=atol), (
         f"max |lrpfx - oracle| = {diff:.3e}\nlrpfx:\n{got}\noracle:\n{expected}")
 
 
@@ -416,6 +421,9 @@ class ResidualTail(nn.Module):
 @given(tails=st.lists(st.sampled_from(sorted(_TAILS_1D)), min_size=1, max_size=3),
        relu_first=st.booleans(), sub=st.booleans(), tiny=st.booleans(), d=st.integers(6, 10),
        batch=st.integers(1, 3), classes=st.integers(1, 4), frontend=frontends, seed=seeds)
+# two normalised parts that nearly cancel, where the oracle's EPS in r / (Σ|r| + EPS) shows
+@example(tails=["dropout"], relu_first=False, sub=True, tiny=True, d=7, batch=3, classes=4,
+         frontend="export", seed=15961)
 def test_residual_merge_heading_a_chain(tails, relu_first, sub, tiny, d, batch, classes,
                                         frontend, seed):
     """A residual add/sub followed by element-wise rules, against the oracle. ``tiny``: inputs,
