@@ -125,11 +125,14 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
                        for k, f in factors.items()}
         ctx.factor_names = tuple(factors)
         # a normalised input x keeps |x ⊙ F| instead of x when no broadcasting is involved (see
-        # backward): the same memory, one dot product per pass instead of three passes
+        # backward): the same memory, one dot product per pass instead of three passes. Not for
+        # x ≥ 0: its sum is the dot product x · |G ⊙ F| already, and x itself is usually kept
+        # anyway (a residual stream, also normalised by its other reader), so |x ⊙ F| would be
+        # a new tensor and a forward pass for nothing
         weights, weighted = [], []
         for k, x in zip([k for k in call.relevant if k in call.normalize], kept):
             f = factors[k]
-            ok = f.shape == x.shape == out.shape and x.dim() >= 2
+            ok = f.shape == x.shape == out.shape and x.dim() >= 2 and k not in call.nonneg
             weights.append((x * f).abs_() if ok else x)
             weighted.append(ok)
         ctx.weighted = tuple(weighted)
