@@ -82,6 +82,18 @@ def _assert_close(got: Tensor, expected: Tensor) -> None:
         f"max |lrpfx - oracle| = {diff:.3e}\nlrpfx:\n{got}\noracle:\n{expected}")
 
 
+def _near_stabiliser(model: nn.Module, x: Tensor) -> Tensor:
+    """Scale ``x`` and ``model``'s biases and batch-norm shifts (in place) by 1e-9, so that every
+    pre-activation is near the stabiliser: there ``y / (|y| + 1e-9)`` is far from ±1, and a
+    ratio taken twice, or not at all, changes the map (at ordinary scales it is ±1 and does not).
+    Returns the scaled ``x``."""
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith(("bias", "running_mean")):
+                t.mul_(1e-9)
+    return x * 1e-9
+
+
 def _check_sequential(model: nn.Sequential, x: Tensor, target: Tensor, frontend: str,
                       **options: object) -> lrpfx.Explainer:
     expected = oracle.sequential_relevance(
@@ -246,19 +258,27 @@ _CHAIN_TAILS = {
 @given(pattern=st.sampled_from([("bn", "relu"), ("gelu", "bn", "relu"), ("bn", "bn", "relu"),
                                  ("bn",), ("relu", "bn", "relu"), ()]),
        more=st.lists(st.sampled_from(sorted(_CHAIN_TAILS)), max_size=3),
-       channels=st.integers(2, 4), nonneg=st.booleans(), batch=st.integers(1, 3),
-       classes=st.integers(1, 4), frontend=frontends, seed=seeds)
-def test_fused_chain(pattern, more, channels, nonneg, batch, classes, frontend, seed):
+       channels=st.integers(2, 4), nonneg=st.booleans(), tiny=st.booleans(),
+       batch=st.integers(1, 3), classes=st.integers(1, 4), frontend=frontends, seed=seeds)
+# conv → BN → ReLU near the stabiliser: fails if the ReLU does not square the ratio BN left
+# pending (found by search in about 2 runs of 3; pinned)
+@example(pattern=("bn", "relu"), more=[], channels=2, nonneg=False, tiny=True, batch=1,
+         classes=1, frontend="export", seed=0)
+def test_fused_chain(pattern, more, channels, nonneg, tiny, batch, classes, frontend, seed):
     """conv → a sequence of element-wise rules (fused into one chain, whose running factor
     takes the batch-norm clamp and the BN → ReLU shortcut where they are exact, and the general
     product after other rules) against the oracle; batch-norm scales get both signs from the
-    random init. ``pattern`` makes the shortcuts' cases common."""
+    random init. ``pattern`` makes the shortcuts' cases common. ``tiny``: near the stabiliser
+    (:func:`_near_stabiliser`), where the shortcuts' ratios (BN's left pending, squared by the
+    ReLU) are not ±1."""
     tails = [*pattern, *more] or ["relu"]
     g = torch.Generator().manual_seed(seed)
     layers = [nn.ReLU()] if nonneg else []
     layers += [nn.Conv2d(2, channels, 2), *[_CHAIN_TAILS[t](channels) for t in tails]]
     model = _randomize(nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 9, classes)), g)
     x, target = _inputs(g, (batch, 2, 4, 4), classes)
+    if tiny:
+        x = _near_stabiliser(model, x)
     e = _check_sequential(model, x, target, frontend)
     chains = [m for m in e.graph_module.modules() if type(m).__name__ == "ChainCall"]
     assert chains and chains[0].head.spec.op == "conv"
@@ -436,11 +456,7 @@ def test_residual_merge_heading_a_chain(tails, relu_first, sub, tiny, d, batch, 
                        g)
     x, target = _inputs(g, (batch, d), classes)
     if tiny:
-        x = x * 1e-9
-        with torch.no_grad():
-            for name, t in [*model.named_parameters(), *model.named_buffers()]:
-                if name.endswith(("bias", "running_mean")):
-                    t.mul_(1e-9)
+        x = _near_stabiliser(model, x)
     expected = model.oracle(x, target)
     got, e = _explain(model, x, target, frontend)
     _assert_close(got, expected)
