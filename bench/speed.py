@@ -200,14 +200,20 @@ def cpu_peak_probe(name: str, method: str, batch: int, threads: int | None) -> d
             "method": "VmHWM-reset" if reset else "ru_maxrss"}
 
 
-def cpu_peak(name: str, method: str, batch: int, threads: int | None) -> float:
+def _child(name: str, args: argparse.Namespace, *extra: str) -> list[str]:
+    """The command line that reruns this script for one model with ``args``'s settings."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--models", name,
+           "--batch", str(args.batch)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for option in args.option:
+        cmd += ["--option", option]
+    return cmd
+
+
+def cpu_peak(name: str, method: str, args: argparse.Namespace) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_probe", method, "--models", name,
-           "--batch", str(batch)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    for key, value in OPTIONS.items():
-        cmd += ["--option", f"{key}={value}"]
+    cmd = _child(name, args, "--_probe", method)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {name}/{method} failed:\n{proc.stderr[-3000:]}")
@@ -278,22 +284,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         else:
             del explainer, methods
             gc.collect()
-            row["saliency_mib"] = cpu_peak(name, "saliency", args.batch, args.threads)
-            row["explain_mib"] = cpu_peak(name, "explain", args.batch, args.threads)
+            row["saliency_mib"] = cpu_peak(name, "saliency", args)
+            row["explain_mib"] = cpu_peak(name, "explain", args)
     return row
 
 
 def isolated(name: str, args: argparse.Namespace) -> dict:
     """:func:`bench_model` for one model in a fresh subprocess, with the same settings."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_time", "--models", name,
-           "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup",
-           str(args.warmup), "--device", args.device]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+    cmd = _child(name, args, "--_time", "--repeats", str(args.repeats), "--warmup",
+                 str(args.warmup), "--device", args.device)
     if args.skip_memory:
         cmd.append("--skip-memory")
-    for option in args.option:
-        cmd += ["--option", option]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"timing {name} failed (exit {proc.returncode})")
