@@ -183,6 +183,20 @@ def conv_cases(draw, pointwise: bool = False):
 @given(case=conv_cases(), nonneg=st.booleans(), batch=st.integers(1, 3), classes=st.integers(1, 4),
        frontend=frontends, seed=seeds)
 def test_conv(case, nonneg, batch, classes, frontend, seed):
+    _check_conv(case, nonneg, batch, classes, frontend, seed)
+
+
+@_settings(20)
+@given(case=conv_cases(pointwise=True), nonneg=st.booleans(), batch=st.integers(1, 3),
+       classes=st.integers(1, 4), frontend=frontends, seed=seeds)
+def test_conv_strided_pointwise(case, nonneg, batch, classes, frontend, seed):
+    _check_conv(case, nonneg, batch, classes, frontend, seed)
+
+
+def _check_conv(case: dict, nonneg: bool, batch: int, classes: int, frontend: str,
+                seed: int) -> None:
+    """[ReLU →] one convolution (``case`` from :func:`conv_cases`) → linear head, against the
+    oracle; the non-negative-input fast path is taken exactly when the ReLU is there."""
     g = torch.Generator().manual_seed(seed)
     cls = (_CONV_FN if case["functional"] else _CONV_MODULES)[case["n"]]
     conv = cls(case["cin"], case["cout"], case["k"], stride=case["stride"],
@@ -196,13 +210,6 @@ def test_conv(case, nonneg, batch, classes, frontend, seed):
     x, target = _inputs(g, shape, classes)
     e = _check_sequential(model, x, target, frontend)
     assert _fast_path_used(e, "conv") == nonneg
-
-
-@_settings(20)
-@given(case=conv_cases(pointwise=True), nonneg=st.booleans(), batch=st.integers(1, 3),
-       classes=st.integers(1, 4), frontend=frontends, seed=seeds)
-def test_conv_strided_pointwise(case, nonneg, batch, classes, frontend, seed):
-    test_conv.hypothesis.inner_test(case, nonneg, batch, classes, frontend, seed)
 
 
 # ----------------------------------------------------------------------------- linear
