@@ -214,13 +214,13 @@ class RunningFactor:
 
     def materialize(self) -> Tensor | None:
         if self.pending is not None:
-            r = stabilised_ratio(self.pending)
-            self.value = r if self.value is None else self.value.mul_(r)
-            self.pending = None
+            pending, self.pending = self.pending, None
+            self.multiply(stabilised_ratio(pending))
         return self.value
 
     def multiply(self, f: Tensor) -> None:
-        """``F ← F ⊙ f`` (``f`` a fresh tensor: it becomes ``F`` when ``F`` is empty)."""
+        """``F ← F ⊙ f``, after what is pending (``f`` a fresh tensor: it becomes ``F`` when ``F``
+        is empty)."""
         value = self.materialize()
         self.value = f if value is None else value.mul_(f)
 

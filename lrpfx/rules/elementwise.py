@@ -29,10 +29,8 @@ def _relu_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa
     r = stabilised_ratio(y, nonneg=True)
     if factor.pending is x:
         r.mul_(r)
-        factor.value = r if factor.value is None else factor.value.mul_(r)
         factor.pending = None
-    else:
-        factor.multiply(r)
+    factor.multiply(r)
 
 
 def _identity_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
