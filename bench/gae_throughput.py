@@ -9,7 +9,7 @@ Run (from the repository root)::
 Target (issue #6): batched / loop throughput >= 5x.
 
 What is measured, per model (a small VGG-style CNN trained on scikit-learn's digits,
-:func:`lrpfx.digits.train_digits_model`, cached under ``.cache/lrpfx``; eval mode, float32):
+:func:`lrpfx.data.digits.train_digits_model`, cached under ``.cache/lrpfx``; eval mode, float32):
 
 - **attribution**: contrastive absLRP, ``lrpfx.compile(model).explain``, compiled and warmed up
   before any timing, shared by both implementations.
@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lrpfx  # noqa: E402 - after the path fix so the checkout's package is used
-from lrpfx.digits import train_digits_model  # noqa: E402
+from lrpfx.data.digits import train_digits_model  # noqa: E402
 from lrpfx.metrics import gae  # noqa: E402
 
 TARGET_RATIO = 5.0

@@ -1,5 +1,5 @@
 """The paper's evaluation tables on the model zoo: absLRP against lrpfx's other rule sets and the
-baselines of :mod:`lrpfx.baselines`.
+baselines of :mod:`lrpfx.metrics.baselines`.
 
 Run (from the repository root)::
 
@@ -8,18 +8,18 @@ Run (from the repository root)::
     .venv/bin/python bench/paper_tables.py --models vgg,vit --methods abslrp,gradcam,chefer
     .venv/bin/python bench/paper_tables.py --n-images 256 --out paper_out --threads 2
 
-What it does, per zoo model (:mod:`lrpfx.zoo`: VGG-, ResNet- and ViT-style classifiers trained on
-scikit-learn's digits, loaded from the cache or trained, seed 0), on the first ``--n-images``
-held-out digits (the same images for every method):
+What it does, per zoo model (:mod:`lrpfx.data.zoo`: VGG-, ResNet- and ViT-style classifiers
+trained on scikit-learn's digits, loaded from the cache or trained, seed 0), on the first
+``--n-images`` held-out digits (the same images for every method):
 
 - **methods** (rows): ``abslrp`` (the paper's contrastive map, ``lrpfx.compile(model)``),
   ``abslrp-pos`` (its positive map only), ``abslrp-total`` (the contrastive map with the
   reference's total derivative at residual merges, option ``merge_total_derivative``),
   ``lrpfx:<rule>`` for every other rule set in
   :data:`lrpfx.rules.RULESETS` (positive map, ``lrpfx.compile(model, rule=<rule>)``), and every
-  baseline of :data:`lrpfx.baselines.BASELINES` (Captum, grad-cam, attention methods). A method
-  that does not apply (attention methods on CNNs, Guided Grad-CAM on the ViT) or fails to compile
-  is skipped with a printed note.
+  baseline of :data:`lrpfx.metrics.baselines.BASELINES` (Captum, grad-cam, attention methods).
+  A method that does not apply (attention methods on CNNs, Guided Grad-CAM on the ViT) or fails to
+  compile is skipped with a printed note.
 - **GAE** (Tables 1–3): :func:`lrpfx.metrics.gae`, ``steps=10``, mosaics of four test digits,
   one ``torch.Generator`` seed for every method, so each method is scored on the same mosaics and
   positives (paired samples). Columns LC_R, LC_F, LC, C and GAE are means over the mosaics.
@@ -57,10 +57,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lrpfx  # noqa: E402 - after the path fix so the checkout's package is used
-from lrpfx.baselines import BASELINES, make_baseline  # noqa: E402
+from lrpfx.data.zoo import ZOO, load_model  # noqa: E402
 from lrpfx.metrics import gae, insertion_deletion, sensitivity_n  # noqa: E402
+from lrpfx.metrics.baselines import BASELINES, make_baseline  # noqa: E402
 from lrpfx.rules import RULESETS  # noqa: E402
-from lrpfx.zoo import ZOO, load_model  # noqa: E402
 
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
 ABSLRP = ("abslrp", "abslrp-pos", "abslrp-total")
@@ -246,7 +246,7 @@ def curves_figure(model_name: str, images: Tensor,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrpfx.digits import denormalise
+    from lrpfx.data.digits import denormalise
     from lrpfx.metrics.base import positive_max_one
 
     fig, axes = plt.subplots(1, 2 + len(picked), figsize=(3.6 * (2 + len(picked)), 3.4),

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lrpfx  # noqa: E402
-from lrpfx.digits import denormalise, train_digits_model  # noqa: E402
+from lrpfx.data.digits import denormalise, train_digits_model  # noqa: E402
 
 RULES = ["abslrp", "lrp0", "epsilon", "alphabeta", "alpha2beta1", "zplus", "epsilon_plus_flat",
          "epsilon_alpha2beta1_flat", "gradient", "gradient_x_input", "integrated_gradients",

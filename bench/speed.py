@@ -70,7 +70,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lrpfx  # noqa: E402 - after the path fix so the checkout's package is used
-from lrpfx.cli import _rule_options  # noqa: E402 - the CLI's KEY=VALUE parsing
+from lrpfx.apps.cli import _rule_options  # noqa: E402 - the CLI's KEY=VALUE parsing
 
 MODELS: dict[str, tuple[str, str]] = {
     "timm_vgg16": ("timm", "vgg16"),

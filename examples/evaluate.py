@@ -17,7 +17,7 @@ import torch
 
 import lrpfx
 import lrpfx.metrics
-from lrpfx.digits import train_digits_model
+from lrpfx.data.digits import train_digits_model
 
 
 def saliency_x_input(model: torch.nn.Module):  # noqa: ANN201 - an explain_fn

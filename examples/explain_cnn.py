@@ -1,4 +1,4 @@
-"""Explain a trained CNN: the digits classifier of :mod:`lrpfx.digits`.
+"""Explain a trained CNN: the digits classifier of :mod:`lrpfx.data.digits`.
 
 Trains (about ten seconds, then cached) a small VGG-style CNN on scikit-learn's handwritten
 digits, compiles it with lrpfx, checks that the compiled forward equals the model's, and
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 import lrpfx
-from lrpfx.digits import stroke_mask, train_digits_model
-from lrpfx.viz import save_grid
+from lrpfx.apps.viz import save_grid
+from lrpfx.data.digits import stroke_mask, train_digits_model
 
 
 def main(argv: list[str] | None = None) -> None:

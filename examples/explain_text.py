@@ -24,7 +24,7 @@ import torch
 import transformers
 
 import lrpfx
-from lrpfx.text import render_html, render_terminal
+from lrpfx.apps.text import render_html, render_terminal
 
 SENTENCES = ["a cat sits on the mat", "stock markets fell sharply today",
              "the kitten sleeps on a soft rug", "my dog chases the neighbour's cat"]

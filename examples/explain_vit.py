@@ -21,8 +21,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 import lrpfx
-from lrpfx.preprocess import timm_preprocessor
-from lrpfx.viz import save_explanation
+from lrpfx.apps.preprocess import timm_preprocessor
+from lrpfx.apps.viz import save_explanation
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,14 +14,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lrpfx import metrics
-from lrpfx.audit import AuditReport, NodeAudit
-from lrpfx.capture import CaptureError
-from lrpfx.explainer import Explainer, Explanation, Target
-from lrpfx.report import CoverageReport, NodeReport, UnsupportedOpError
+from lrpfx import _moved, metrics
+from lrpfx.core.audit import AuditReport, NodeAudit
+from lrpfx.core.capture import CaptureError
+from lrpfx.core.explainer import Explainer, Explanation, Target
+from lrpfx.core.report import CoverageReport, NodeReport, UnsupportedOpError
 from lrpfx.rules.base import RuleSet
 
 __version__ = "0.1.0"
+_moved.install()
 
 
 def compile(  # noqa: A001 - the public name the API promises

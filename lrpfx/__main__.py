@@ -1,8 +1,8 @@
-"""``python -m lrpfx``: the ``lrpfx`` command line (see :mod:`lrpfx.cli`)."""
+"""``python -m lrpfx``: the ``lrpfx`` command line (see :mod:`lrpfx.apps.cli`)."""
 
 import sys
 
-from lrpfx.cli import main
+from lrpfx.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 import lrpfx
-from lrpfx.distributed import evaluate
+from lrpfx.metrics.distributed import evaluate
 
 
 def setup() -> tuple[nn.Module, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.adapters import LRPFXAttribution, quantus_explain_func
+from lrpfx.apps.adapters import LRPFXAttribution, quantus_explain_func
 
 captum_attr = pytest.importorskip("captum.attr")
 captum_metrics = pytest.importorskip("captum.metrics")

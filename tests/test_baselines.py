@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrpfx.baselines import (
+from lrpfx.data.digits import digits_vgg
+from lrpfx.data.zoo import digits_resnet, digits_vit
+from lrpfx.metrics.baselines import (
     BASELINES,
     attention_rollout,
     capture_attention,
@@ -18,8 +20,6 @@ from lrpfx.baselines import (
     make_baseline,
     tokens_to_grid,
 )
-from lrpfx.digits import digits_vgg
-from lrpfx.zoo import digits_resnet, digits_vit
 
 
 def small_cnn() -> nn.Module:

@@ -1,6 +1,6 @@
 """The ``lrpfx`` command line and the preprocessing it relies on, end to end: a trained digits
 CNN, a random-init timm model with a weights file, a tiny Hugging Face ViT and BERT, coverage
-checks, and the one-line errors of bad input. Most runs call :func:`lrpfx.cli.main` in-process
+checks, and the one-line errors of bad input. Most runs call :func:`lrpfx.apps.cli.main` in-process
 (imports are the slow part); one runs the installed ``lrpfx`` entry point."""
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ pytest.importorskip("sklearn")
 from PIL import Image  # noqa: E402
 
 import lrpfx  # noqa: E402
-from lrpfx import digits  # noqa: E402
-from lrpfx.cli import main, parse_target  # noqa: E402
-from lrpfx.preprocess import (  # noqa: E402
+from lrpfx.apps.cli import main, parse_target  # noqa: E402
+from lrpfx.apps.preprocess import (  # noqa: E402
     default_preprocessor,
     digits_preprocessor,
     find_images,
@@ -31,7 +30,8 @@ from lrpfx.preprocess import (  # noqa: E402
     timm_preprocessor,
     torchvision_preprocessor,
 )
-from lrpfx.viz import heatmap_rgb, read_panel  # noqa: E402
+from lrpfx.apps.viz import heatmap_rgb, read_panel  # noqa: E402
+from lrpfx.data import digits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DIGITS = [0, 1, 2, 3]
@@ -525,7 +525,7 @@ def test_model_specific_preprocessors(tmp_path: Path, digits_model) -> None:
     processor = t.ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3,
                                     image_std=[0.25] * 3)
     processor.save_pretrained(tmp_path / "proc")
-    from lrpfx.preprocess import hf_preprocessor
+    from lrpfx.apps.preprocess import hf_preprocessor
 
     hf = hf_preprocessor(tmp_path / "proc")
     torch.testing.assert_close(hf(img), processor(images=img, return_tensors="pt")

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from lrpfx import digits  # noqa: E402
-from lrpfx.demo import main, pick_examples, relevance_stats, run_demo  # noqa: E402
-from lrpfx.viz import save_grid, signed_heatmap  # noqa: E402
+from lrpfx.apps.demo import main, pick_examples, relevance_stats, run_demo  # noqa: E402
+from lrpfx.apps.viz import save_grid, signed_heatmap  # noqa: E402
+from lrpfx.data import digits  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import lrpfx
-from lrpfx.distributed import evaluate
 from lrpfx.metrics import gae
+from lrpfx.metrics.distributed import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_worker import run_all, setup  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lrpfx
-from lrpfx.text import render_html, render_terminal
+from lrpfx.apps.text import render_html, render_terminal
 
 transformers = pytest.importorskip("transformers")
 

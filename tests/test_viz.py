@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
-from lrpfx.viz import (  # noqa: E402
+from lrpfx.apps.viz import (  # noqa: E402
     PANELS_KEY,
     heatmap_rgb,
     normalise_maps,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lrpfx
-from lrpfx import digits
-from lrpfx.zoo import ZOO, ZooModel, load_model
+from lrpfx.data import digits
+from lrpfx.data.zoo import ZOO, ZooModel, load_model
 
 
 @pytest.fixture(scope="module")

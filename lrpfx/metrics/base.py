@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrpfx.explainer import class_scores, resolve_target
+from lrpfx.core.explainer import class_scores, resolve_target
 from lrpfx.rules.base import EPS
 
 __all__ = [
@@ -32,7 +32,7 @@ MetricTarget = int | Tensor | None
 
 CHANNEL_MODES = ("sum", "keep")
 """How multi-channel maps are compared with the image: ``"sum"`` sums over channels (one value
-per pixel, what :mod:`lrpfx.viz` shows), ``"keep"`` compares element by element."""
+per pixel, what :mod:`lrpfx.apps.viz` shows), ``"keep"`` compares element by element."""
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -56,7 +56,7 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 
 logits_of = class_scores
-"""The class scores ``(B, K)`` in a model's output (:func:`lrpfx.explainer.class_scores`)."""
+"""The class scores ``(B, K)`` in a model's output (:func:`lrpfx.core.explainer.class_scores`)."""
 
 
 def call_explain(explain_fn: ExplainFn, x: Tensor, target: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Input: a GraphModule from either frontend (``torch.export`` gives ``aten.*`` cal
 ``torch.fx.symbolic_trace`` gives ``nn.Module`` calls, ``F.*``/``torch.*`` functions and tensor
 methods). Output: a new graph in which
 
-- every op that carries relevance is a ``call_function`` of a function in :mod:`lrpfx.ops`, all
+- every op that carries relevance is a ``call_function`` of a function in :mod:`lrpfx.core.ops`, all
   arguments by keyword, module parameters made explicit as ``get_attr`` nodes;
 - in-place spellings (``relu_``, ``add_``, ``x += y``) are out-of-place ones (refused where the
   mutated tensor is read again afterwards);
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lrpfx import ops
+from lrpfx.core import ops
 
 # Kinds a node can have. Only "canonical" nodes get a rule; "passthrough" nodes keep their
 # original target and carry relevance unchanged through plain autograd (DESIGN.md §4.2).
@@ -48,7 +48,7 @@ class NodeInfo:
     module_path: str = ""
     """Dotted path of the innermost user module the op came from ("" for the top level)."""
     canonical: str | None = None
-    """Name of the canonical op (a key of :data:`lrpfx.ops.CANONICAL_OPS`)."""
+    """Name of the canonical op (a key of :data:`lrpfx.core.ops.CANONICAL_OPS`)."""
     problem: str | None = None
     """Why an op that looks supported is not (e.g. training-mode batch norm)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -149,8 +149,8 @@ def _is_number(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-op extractors
-# Each returns (canonical name, kwargs for the lrpfx.ops function). `get_attr(name)` makes a node
-# for a module attribute; it is passed in so module and function spellings share one extractor.
+# Each returns (canonical name, kwargs for the lrpfx.core.ops function). `get_attr(name)` makes a
+# node for a module attribute; it is passed in so module and function spellings share one extractor.
 
 Extract = Callable[[_Args, Callable[[str], Any], Any], tuple[str, dict[str, Any]]]
 

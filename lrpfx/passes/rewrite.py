@@ -15,10 +15,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lrpfx import ops
-from lrpfx.passes.analyze import GraphFacts
-from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH
-from lrpfx.report import (
+from lrpfx.core import ops
+from lrpfx.core.report import (
     OFF_PATH,
     RULE,
     SOURCE,
@@ -27,9 +25,11 @@ from lrpfx.report import (
     NodeReport,
     UnsupportedOpError,
 )
-from lrpfx.report import (
+from lrpfx.core.report import (
     PASSTHROUGH as S_PASS,
 )
+from lrpfx.passes.analyze import GraphFacts
+from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
 
 
@@ -199,7 +199,7 @@ def rewrite(
     ruleset
         Rules to apply.
     strict
-        Raise :class:`lrpfx.report.UnsupportedOpError` before anything runs if a node on the
+        Raise :class:`lrpfx.core.report.UnsupportedOpError` before anything runs if a node on the
         relevance path has no rule; otherwise warn and leave such nodes to plain autograd.
 
     Returns

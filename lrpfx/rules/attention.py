@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrpfx import ops
+from lrpfx.core import ops
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
 

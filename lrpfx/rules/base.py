@@ -101,7 +101,7 @@ class RuleSpec:
     Attributes
     ----------
     op
-        Canonical op name (a key of :data:`lrpfx.ops.CANONICAL_OPS`).
+        Canonical op name (a key of :data:`lrpfx.core.ops.CANONICAL_OPS`).
     function
         The ``torch.autograd.Function`` of the rule family; called as
         ``function.apply(call, *relevant_inputs)``.

@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from lrpfx import ops
+from lrpfx.core import ops
 from lrpfx.rules.base import RuleSet
 from lrpfx.rules.lrp import LRPFunction
 from lrpfx.rules.registry import RULESETS, get_ruleset
@@ -50,7 +50,7 @@ def composite(
     name
         Name shown in reports (default: built from the assignment).
     **assign_and_options
-        ``<op kind or canonical op>=<rule set>`` (kinds: see :data:`lrpfx.ops.OP_KIND`, e.g.
+        ``<op kind or canonical op>=<rule set>`` (kinds: see :data:`lrpfx.core.ops.OP_KIND`, e.g.
         ``affine="alphabeta"``, ``conv="zplus"``, ``linear="epsilon"``), and options passed to
         every constituent rule set that has them (``epsilon=0.1``, ``residual="ratio"``).
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx import ops
+from lrpfx.core import ops
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
 from lrpfx.rules.registry import RULESETS
 

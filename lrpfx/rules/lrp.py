@@ -1,6 +1,6 @@
 """Classic LRP: LRP-0, LRP-ε, LRP-αβ, LRP-z⁺, and flat / w² for first layers (Bach et al. 2015;
 Montavon et al., "Layer-wise relevance propagation: an overview", 2019), written once per op
-kind (:data:`lrpfx.ops.OP_KIND`), so every canonical op gets a rule in every set.
+kind (:data:`lrpfx.core.ops.OP_KIND`), so every canonical op gets a rule in every set.
 
 Under the gradient×input contract (DESIGN.md §3) a rule returns ``G_x`` with
 ``x ⊙ G_x = R_x``; ``R_y = y ⊙ G_y``. With ``ρ_ε(y) = y / (y + ε·sign y)`` (``sign 0 = 1``):
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lrpfx import ops
+from lrpfx.core import ops
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec, reduce_to
 from lrpfx.rules.linear import _bn_scale, _conv_transpose, _linear_transpose
 from lrpfx.rules.normalization import inv_sigma

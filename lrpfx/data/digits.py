@@ -5,7 +5,7 @@ scaled to ``[0, 1]``, upsampled (bilinear, default 16×16), standardised and spl
 stratified train and test set. A small VGG-style CNN trains on them in seconds on a CPU and reaches
 about 99 % test accuracy. Trained weights are cached, so later runs only load them.
 
->>> from lrpfx.digits import train_digits_cnn
+>>> from lrpfx.data.digits import train_digits_cnn
 >>> model, (x_test, y_test), accuracy = train_digits_cnn()   # doctest: +SKIP
 
 Other architectures (ResNet- or ViT-style) plug into the same data and training loop: register a

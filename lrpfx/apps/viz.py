@@ -1,6 +1,6 @@
 """Heatmap rendering with matplotlib (Agg renderer: no display and no pyplot state needed).
 
->>> from lrpfx.viz import save_grid, save_explanation, overlay
+>>> from lrpfx.apps.viz import save_grid, save_explanation, overlay
 >>> save_grid(x, [R_pred, R_second], "heatmaps.png",
 ...           column_titles=["input", "predicted", "runner-up"])   # doctest: +SKIP
 >>> save_explanation(picture, [R_top1, R_top2], "cat.png",
@@ -172,7 +172,7 @@ def overlay(
     ----------
     image
         The input as displayed: ``(H, W)`` grey or ``(H, W, 3)`` RGB in ``[0, 1]`` (e.g.
-        :meth:`lrpfx.preprocess.ImagePreprocessor.to_display`), or a ``(C, H, W)`` tensor.
+        :meth:`lrpfx.apps.preprocess.ImagePreprocessor.to_display`), or a ``(C, H, W)`` tensor.
     relevance
         ``(C, H, W)`` or ``(H, W)``, summed over channels, same ``H, W`` as ``image``.
     positive_only

@@ -2,11 +2,11 @@
 
 Run it with::
 
-    python -m lrpfx.demo [--out DIR] [--n 8] [--device cpu]
+    python -m lrpfx.apps.demo [--out DIR] [--n 8] [--device cpu]
 
 It trains (first run, a few seconds on CPU) or loads (later runs) the small VGG-style CNN of
-:mod:`lrpfx.digits`, compiles it with :func:`lrpfx.compile`, explains ``n`` test digits for their
-predicted class and for their runner-up class (second-highest logit), and writes
+:mod:`lrpfx.data.digits`, compiles it with :func:`lrpfx.compile`, explains ``n`` test digits for
+their predicted class and for their runner-up class (second-highest logit), and writes
 ``DIR/heatmaps.png`` (input | map for the predicted class | map for the runner-up) and
 ``DIR/report.md`` (accuracy, logits, relevance statistics, timings, the forward check). The
 report is printed too. Needs the ``demo`` extra (scikit-learn, matplotlib).
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 import lrpfx
-from lrpfx.digits import NUM_CLASSES, cache_path, stroke_mask, train_digits_cnn
-from lrpfx.viz import save_grid
+from lrpfx.apps.viz import save_grid
+from lrpfx.data.digits import NUM_CLASSES, cache_path, stroke_mask, train_digits_cnn
 
 __all__ = ["DemoResult", "main", "pick_examples", "relevance_stats", "run_demo"]
 
@@ -119,7 +119,7 @@ def relevance_stats(relevance: Tensor, strokes: Tensor) -> dict[str, float]:
     relevance
         One map (any shape).
     strokes
-        Boolean stroke mask of the same shape (see :func:`lrpfx.digits.stroke_mask`).
+        Boolean stroke mask of the same shape (see :func:`lrpfx.data.digits.stroke_mask`).
 
     Returns
     -------
@@ -284,7 +284,7 @@ def _report(r: DemoResult, model: nn.Module, *, n_test: int, device: str) -> str
     lines = [
         "# lrpfx demo: contrastive absLRP on scikit-learn digits",
         "",
-        f"- Model: small VGG-style CNN (`lrpfx.digits.digits_vgg`, {n_params:,} parameters), "
+        f"- Model: small VGG-style CNN (`lrpfx.data.digits.digits_vgg`, {n_params:,} parameters), "
         f"input {shape}, device `{device}`; weights `{r.weights_path}`.",
         f"- Test accuracy: **{r.accuracy:.4f}** ({correct}/{n_test} test digits).",
         f"- Forward check: max |explainer(x) − model(x)| = {r.forward_max_abs_diff:.3g} "
@@ -341,7 +341,7 @@ def _report(r: DemoResult, model: nn.Module, *, n_test: int, device: str) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point of ``python -m lrpfx.demo``.
+    """Command-line entry point of ``python -m lrpfx.apps.demo``.
 
     Parameters
     ----------
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status (0).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m lrpfx.demo",
+        prog="python -m lrpfx.apps.demo",
         description="Explain a small digits CNN with contrastive absLRP; write heatmaps.png "
                     "and report.md.")
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")

@@ -1,6 +1,6 @@
 """lrpfx in other libraries' interfaces: a Captum attribution class and a Quantus explain_func.
 
->>> from lrpfx.adapters import LRPFXAttribution, quantus_explain_func
+>>> from lrpfx.apps.adapters import LRPFXAttribution, quantus_explain_func
 >>> attr = LRPFXAttribution(model)                       # a captum.attr.Attribution
 >>> R = attr.attribute(x, target=3)                      # == lrpfx.compile(model).explain(x, 3)
 >>> captum.metrics.sensitivity_max(attr.attribute, x, target=3)          # doctest: +SKIP

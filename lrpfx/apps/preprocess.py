@@ -11,7 +11,7 @@ a picture to draw the heatmap on.
 - Hugging Face: :func:`hf_preprocessor` (``AutoImageProcessor.from_pretrained``).
 - anything else: :func:`default_preprocessor` (resize, center crop, ImageNet normalisation).
 
->>> from lrpfx.preprocess import timm_preprocessor, load_image   # doctest: +SKIP
+>>> from lrpfx.apps.preprocess import timm_preprocessor, load_image   # doctest: +SKIP
 >>> prep = timm_preprocessor(model)
 >>> x = prep.batch([load_image("cat.jpg")])                      # (1, 3, 224, 224)
 >>> picture = prep.to_display(x[0])                              # (224, 224, 3) in [0, 1]
@@ -283,13 +283,13 @@ def hf_preprocessor(processor: Any) -> ImagePreprocessor:
 
 
 def digits_preprocessor(size: int = 16) -> ImagePreprocessor:
-    """Photos or scans of a single handwritten digit for :mod:`lrpfx.digits` models.
+    """Photos or scans of a single handwritten digit for :mod:`lrpfx.data.digits` models.
 
     Grey scale, inverted when the background is light (the training digits are bright ink on
     black), resized to ``size × size`` and standardised like
-    :func:`lrpfx.digits.load_digits_tensors`.
+    :func:`lrpfx.data.digits.load_digits_tensors`.
     """
-    from lrpfx.digits import DIGITS_MEAN, DIGITS_STD
+    from lrpfx.data.digits import DIGITS_MEAN, DIGITS_STD
 
     def transform(image: Any) -> Tensor:
         ink = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None, None]

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from lrpfx.audit import AuditReport, Recorder
-from lrpfx.capture import FRONTENDS, call_kwargs, capture_export, capture_symbolic_trace
+from lrpfx.core.audit import AuditReport, Recorder
+from lrpfx.core.capture import FRONTENDS, call_kwargs, capture_export, capture_symbolic_trace
+from lrpfx.core.report import CoverageReport
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
-from lrpfx.report import CoverageReport
 from lrpfx.rules.base import EPS, RuleCall, RuleSet, unit_l1, unit_max
 from lrpfx.rules.registry import get_ruleset
 
@@ -318,7 +318,7 @@ class Explainer(nn.Module):
               ) -> AuditReport:
         """Where relevance goes: per rule-bearing node, the relevance arriving at its output and
         leaving through each input, for the positive map of ``target`` (see
-        :mod:`lrpfx.audit`).
+        :mod:`lrpfx.core.audit`).
 
         Parameters
         ----------
@@ -328,7 +328,7 @@ class Explainer(nn.Module):
         Returns
         -------
         AuditReport
-            One :class:`lrpfx.audit.NodeAudit` per rule-bearing node, in graph order;
+            One :class:`lrpfx.core.audit.NodeAudit` per rule-bearing node, in graph order;
             ``print(report)`` shows batch means and the share each node loses.
         """
         if self.ruleset.attribution in ("baseline", "integral"):

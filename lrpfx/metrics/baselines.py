@@ -599,7 +599,7 @@ class BaselineSpec:
     build
         ``build(model, layer, **options) -> explain_fn``.
     library
-        Where the method comes from (``"captum"``, ``"grad-cam"``, ``"lrpfx.baselines"``).
+        Where the method comes from (``"captum"``, ``"grad-cam"``, ``"lrpfx.metrics.baselines"``).
     kind
         ``"gradient"`` (pixel maps), ``"cam"`` (needs a layer) or ``"attention"`` (ViTs only).
     reference
@@ -629,11 +629,11 @@ BASELINES: dict[str, BaselineSpec] = {
                               "Chattopadhay et al. 2018"),
     "hirescam": BaselineSpec(_grad_cam("HiResCAM"), "grad-cam", "cam", "Draelos & Carin 2020"),
     "layercam": BaselineSpec(_grad_cam("LayerCAM"), "grad-cam", "cam", "Jiang et al. 2021"),
-    "rollout": BaselineSpec(_attention_method("rollout"), "lrpfx.baselines", "attention",
+    "rollout": BaselineSpec(_attention_method("rollout"), "lrpfx.metrics.baselines", "attention",
                             "Abnar & Zuidema 2020"),
-    "last_attention": BaselineSpec(_attention_method("last_attention"), "lrpfx.baselines",
+    "last_attention": BaselineSpec(_attention_method("last_attention"), "lrpfx.metrics.baselines",
                                    "attention", "class-token attention of the last layer"),
-    "chefer": BaselineSpec(_attention_method("chefer"), "lrpfx.baselines", "attention",
+    "chefer": BaselineSpec(_attention_method("chefer"), "lrpfx.metrics.baselines", "attention",
                            "Chefer, Gur, Wolf ICCV 2021"),
 }
 

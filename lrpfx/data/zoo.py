@@ -1,14 +1,14 @@
 """A small model zoo: VGG-, ResNet- and ViT-style classifiers trained on scikit-learn's digits.
 
 Each model trains in seconds on one CPU core with the data, training loop and weight cache of
-:mod:`lrpfx.digits` (16×16 single-channel digits by default; weights cached under
-:func:`lrpfx.digits.default_cache_dir`), deterministically for a given seed, and compiles with
+:mod:`lrpfx.data.digits` (16×16 single-channel digits by default; weights cached under
+:func:`lrpfx.data.digits.default_cache_dir`), deterministically for a given seed, and compiles with
 :func:`lrpfx.compile` as it is.
 
 =========  ==============================================================  ======  =========
 name       architecture                                                    epochs  test acc.
 =========  ==============================================================  ======  =========
-``vgg``    :func:`lrpfx.digits.digits_vgg`: 5 conv + BN + ReLU, max pool    6       ≈ 0.99
+``vgg``    :func:`lrpfx.data.digits.digits_vgg`: 5 conv + BN + ReLU, max pool    6       ≈ 0.99
 ``resnet`` :func:`digits_resnet`: stem + 3 basic residual blocks            6       ≈ 0.99
 ``vit``    :func:`digits_vit`: timm ``VisionTransformer``, 4×4 patches,     30      ≈ 0.96
            dim 48, 3 blocks, 4 heads, class token
@@ -16,13 +16,13 @@ name       architecture                                                    epoch
 
 (accuracies of seed 0 on the 360 held-out digits; ``vgg`` shares its cache file with the demo.)
 
->>> from lrpfx.zoo import load_model
+>>> from lrpfx.data.zoo import load_model
 >>> zm = load_model("resnet")                 # doctest: +SKIP
 >>> zm.model, zm.x_test.shape, zm.accuracy    # doctest: +SKIP
 (Sequential(...), torch.Size([360, 1, 16, 16]), 0.99...)
 
-Importing this module registers ``resnet`` and ``vit`` in :data:`lrpfx.digits.ARCHITECTURES`
-(the extension point :mod:`lrpfx.digits` documents), so ``train_digits_model("resnet")`` works
+Importing this module registers ``resnet`` and ``vit`` in :data:`lrpfx.data.digits.ARCHITECTURES`
+(the extension point :mod:`lrpfx.data.digits` documents), so ``train_digits_model("resnet")`` works
 too once it is imported.
 """
 
@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lrpfx.digits import (
+from lrpfx.data.digits import (
     ARCHITECTURES,
     DEFAULT_EPOCHS,
     DEFAULT_SIZE,
@@ -174,7 +174,7 @@ class ZooModel(NamedTuple):
 
 
 def _arch_key(name: str, size: int) -> str:
-    """The :data:`lrpfx.digits.ARCHITECTURES` key of ``name`` at ``size``.
+    """The :data:`lrpfx.data.digits.ARCHITECTURES` key of ``name`` at ``size``.
 
     That registry's factories take only the number of classes; the ViT's position embedding
     depends on the image size too, so a ViT at a non-default size gets its own key (which also
@@ -205,7 +205,7 @@ def load_model(
     name
         A key of :data:`ZOO`.
     cache_dir, seed, size, device, retrain, progress
-        As in :func:`lrpfx.digits.train_digits_model` (the seed fixes the split, the
+        As in :func:`lrpfx.data.digits.train_digits_model` (the seed fixes the split, the
         initialisation and the training: same seed, same weights, bit for bit on a CPU).
     epochs
         Training epochs; None: the zoo's default for ``name``.

@@ -30,8 +30,7 @@ import torch
 from torch import Tensor, nn
 
 import lrpfx
-from lrpfx.explainer import class_scores
-from lrpfx.preprocess import (
+from lrpfx.apps.preprocess import (
     ImagePreprocessor,
     default_preprocessor,
     digits_preprocessor,
@@ -42,6 +41,7 @@ from lrpfx.preprocess import (
     torchvision_preprocessor,
     torchvision_weights,
 )
+from lrpfx.core.explainer import class_scores
 
 __all__ = ["CLIError", "LoadedModel", "build_parser", "load_model", "main", "parse_target",
            "resolve_device"]
@@ -304,7 +304,7 @@ def _load_file(spec: str, weights: str | None, num_classes: int | None) -> Loade
 
 
 def _load_digits(weights: str | None) -> LoadedModel:
-    from lrpfx.digits import (
+    from lrpfx.data.digits import (
         DEFAULT_SIZE,
         NUM_CLASSES,
         cache_path,
@@ -344,7 +344,7 @@ def load_model(
     spec
         ``timm:NAME`` (random init), ``torchvision:NAME`` (random init), ``hf:PATH`` (a local
         Hugging Face folder), ``FILE.py:FACTORY`` (``FACTORY()`` returns the module) or
-        ``digits`` (the digits CNN of :mod:`lrpfx.digits`, trained on first use and cached).
+        ``digits`` (the digits CNN of :mod:`lrpfx.data.digits`, trained on first use and cached).
     weights
         A state-dict file; for torchvision also the name of its weights (``IMAGENET1K_V1``),
         whose preprocessing and class names are used (the file must be in torch's hub cache,
@@ -549,7 +549,7 @@ def _warn(msg: str) -> None:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from lrpfx.viz import save_explanation
+    from lrpfx.apps.viz import save_explanation
 
     device = resolve_device(args.device)
     if args.batch_size < 1:
@@ -729,7 +729,7 @@ def _mean_pool(out: Any, mask: Tensor) -> Tensor:
 
 
 def _cmd_explain_text(args: argparse.Namespace) -> int:
-    from lrpfx.text import render_html, render_terminal
+    from lrpfx.apps.text import render_html, render_terminal
 
     device = resolve_device(args.device)
     if not args.model.startswith("hf:"):
@@ -880,7 +880,7 @@ METRICS = ("gae", "sensitivity-n", "insertion-deletion")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lrpfx import distributed
+    from lrpfx.metrics import distributed
 
     device = resolve_device(args.device)
     chosen = [m.strip().lower() for m in args.metric.split(",") if m.strip()]
@@ -905,7 +905,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CLIError(str(e)) from e
         source = f"{len(paths)} image(s) from {', '.join(args.images)}"
     elif args.model == "digits":
-        from lrpfx.digits import load_digits_tensors
+        from lrpfx.data.digits import load_digits_tensors
 
         x = load_digits_tensors().x_test[:args.n]
         source = f"the first {len(x)} digits of the test split"
