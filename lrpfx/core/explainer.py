@@ -93,8 +93,10 @@ class Explainer(nn.Module):
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)
-        if self.ruleset.options.get("merge_total_derivative"):
-            report.total_derivative_merges = total_derivative_at_merges(gm)
+        merges = self.ruleset.options.get("merge_total_derivative")
+        if merges:
+            report.total_derivative_merges = total_derivative_at_merges(
+                gm, "attention" if merges == "attention" else "all")
         gm = fuse_chains(gm)
         for fn in self._conversions:
             gm._apply(fn)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from lrpfx.core import ops
 from lrpfx.rules.abslrp import AbsLRPFunction
 from lrpfx.rules.base import RuleCall, normalised_gradient
 
@@ -177,10 +178,30 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
     return PlainBranch(fx.GraphModule(root, graph, class_name="PlainBranch")), outside
 
 
-def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
+def mixes_positions(gm: fx.GraphModule, nodes: list[fx.Node]) -> bool:
+    """Whether a branch mixes positions through a softmax-normalised matrix (attention).
+
+    Attention weights are positive and row-stochastic, so absLRP's op-local rule carries relevance
+    through them as a strict contraction of positive vectors (Birkhoff): the relevance streams
+    of different seeds converge block by block and their difference, the contrastive map, is
+    lost. The branch's plain Jacobian runs through the softmax's derivative ``diag(a) − a aᵀ``
+    instead, whose rows sum to zero: it passes on differences between positions. This is where
+    the total derivative changes the map (docs/transformers.md measures it).
+    """
+    return any(isinstance(m := gm.get_submodule(n.target), RuleCall) and m.op is ops.softmax
+               for n in nodes if n.op == "call_module")
+
+
+def total_derivative_at_merges(gm: fx.GraphModule, where: str = "all") -> list[str]:
     """Rewrite ``gm`` (an absLRP graph from :func:`lrpfx.passes.rewrite.rewrite`, before fusion)
     in place so that merges take the total derivative at their skip operand; returns the names
-    of the merge nodes so rewritten."""
+    of the merge nodes so rewritten.
+
+    ``where="all"``: every merge whose branch reads its skip (the reference code);
+    ``where="attention"``: only merges whose branch :func:`mixes_positions`.
+    """
+    if where not in ("all", "attention"):
+        raise ValueError(f"where must be 'all' or 'attention', not {where!r}")
     graph = gm.graph
     names: list[str] = []
     for node, call in _merges(gm):
@@ -191,7 +212,7 @@ def total_derivative_at_merges(gm: fx.GraphModule) -> list[str]:
                     or skip is branch:
                 continue
             nodes = _between(skip, branch)
-            if nodes is None:
+            if nodes is None or (where == "attention" and not mixes_positions(gm, nodes)):
                 continue
             plain, outside = _plain_branch(gm, skip, nodes)
             collector, branch_name = f"merge_skip_{len(names)}", f"merge_branch_{len(names)}"
