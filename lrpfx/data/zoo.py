@@ -160,8 +160,6 @@ ZOO: dict[str, ZooSpec] = {
                       "ResNet-style CNN, stem + 3 basic blocks"),
     "vit": ZooSpec(lambda c, s: digits_vit(c, size=s), 30, 0.9,
                    "timm ViT, 4x4 patches, dim 48, 3 blocks, 4 heads"),
-    "vit6": ZooSpec(lambda c, s: digits_vit(c, size=s, dim=64, depth=6), 30, 0.9,
-                    "timm ViT, 4x4 patches, dim 64, 6 blocks, 4 heads (use size=32)"),
 }
 
 
