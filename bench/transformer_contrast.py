@@ -25,6 +25,7 @@ from scipy.stats import wilcoxon
 import lrpfx
 from lrpfx.data.digits import ARCHITECTURES, train_digits_model
 from lrpfx.data.zoo import ZooModel, digits_vit, load_model
+from lrpfx.metrics import insertion_deletion
 
 # a larger ViT than the zoo's (which the tests train): 32×32 digits, 64 tokens, 6 blocks
 # (about 2 minutes of training on one core, then cached)
@@ -36,7 +37,7 @@ def _load(name: str, size: int) -> ZooModel:
         return load_model(name, size=size, progress=False)
     model, (x, y), acc = train_digits_model("vit6", size=32, epochs=30, progress=False)
     return ZooModel(name, model, x, y, acc)
-from lrpfx.metrics import insertion_deletion
+
 
 SEMANTICS = {"op-local": {"merge_total_derivative": False},
              "attention merges": {"merge_total_derivative": "attention"},
