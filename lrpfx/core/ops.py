@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+# by number of spatial dims; typed loosely: the 1-, 2- and 3-d stubs differ (avg_pool1d has no
+# divisor_override, max_pool's overloads hinge on return_indices)
+_CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_MAX_POOL: dict[int, Callable[..., Tensor]] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL: dict[int, Callable[..., Tensor]] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_ADAPTIVE_AVG_POOL: dict[int, Callable[..., Tensor]] = {
+    1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d,
+}
 
 
 def conv(
@@ -161,11 +165,11 @@ def adaptive_avg_pool(input: Tensor, output_size: Sequence[int | None]) -> Tenso
     return _ADAPTIVE_AVG_POOL[len(output_size)](input, output_size)
 
 
-def mean(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:
+def mean(input: Tensor, dim: list[int] | None, keepdim: bool) -> Tensor:
     return torch.mean(input, dim=dim, keepdim=keepdim)
 
 
-def sum(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:  # noqa: A001
+def sum(input: Tensor, dim: list[int] | None, keepdim: bool) -> Tensor:  # noqa: A001
     return torch.sum(input, dim=dim, keepdim=keepdim)
 
 
@@ -223,13 +227,27 @@ def additive_mask(x: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None
     return add
 
 
+def dead_rows(z: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``(z', dead)``: ``dead`` marks the rows of ``z`` along ``dim`` that are ``-inf``
+    throughout (an attention query whose mask allows no key), ``z'`` is ``z`` with those rows set
+    to 0, so that a softmax of ``z'`` is finite and so is its gradient (``-inf - -inf`` is NaN)."""
+    dead = torch.isneginf(z).all(dim, keepdim=True)
+    return z.masked_fill(dead, 0.0), dead
+
+
 def softmax(
     input: Tensor, dim: int, mask: Tensor | None = None, causal: bool = False
 ) -> Tensor:
     """Softmax over ``dim`` of ``input`` plus an optional attention mask (bool: True = keep;
-    float: added) and causal mask. A plain softmax has neither."""
+    float: added) and causal mask. A plain softmax has neither.
+
+    A row the masks leave no position in is 0, as in ``scaled_dot_product_attention`` (where a
+    plain softmax of all ``-inf`` gives NaN)."""
     add = additive_mask(input, mask, causal)
-    return torch.softmax(input if add is None else input + add, dim)
+    if add is None:
+        return torch.softmax(input, dim)
+    z, dead = dead_rows(input + add, dim)
+    return torch.softmax(z, dim).masked_fill(dead, 0.0)
 
 
 def matmul(input: Tensor, other: Tensor) -> Tensor:
