@@ -17,14 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# by number of spatial dims; typed loosely: the 1-, 2- and 3-d stubs differ (avg_pool1d has no
-# divisor_override, max_pool's overloads hinge on return_indices)
-_CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_MAX_POOL: dict[int, Callable[..., Tensor]] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOL: dict[int, Callable[..., Tensor]] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-_ADAPTIVE_AVG_POOL: dict[int, Callable[..., Tensor]] = {
-    1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d,
-}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
 def conv(
@@ -143,7 +139,8 @@ def max_pool(
     dilation: Sequence[int],
     ceil_mode: bool,
 ) -> Tensor:
-    return _MAX_POOL[len(kernel_size)](input, kernel_size, stride, padding, dilation, ceil_mode)
+    fn: Callable[..., Tensor] = _MAX_POOL[len(kernel_size)]  # 1-3 d stubs differ
+    return fn(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def avg_pool(
@@ -155,14 +152,15 @@ def avg_pool(
     count_include_pad: bool,
     divisor_override: int | None,
 ) -> Tensor:
-    fn = _AVG_POOL[len(kernel_size)]
+    fn: Callable[..., Tensor] = _AVG_POOL[len(kernel_size)]  # 1-3 d stubs differ
     if len(kernel_size) == 1:  # avg_pool1d has no divisor_override
         return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
     return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def adaptive_avg_pool(input: Tensor, output_size: Sequence[int | None]) -> Tensor:
-    return _ADAPTIVE_AVG_POOL[len(output_size)](input, output_size)
+    fn: Callable[..., Tensor] = _ADAPTIVE_AVG_POOL[len(output_size)]  # 1-3 d stubs differ
+    return fn(input, output_size)
 
 
 def mean(input: Tensor, dim: list[int] | None, keepdim: bool) -> Tensor:
