@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImagePreprocessor", "default_preprocessor",
-    "digits_preprocessor", "find_images", "hf_preprocessor", "load_image", "timm_preprocessor",
-    "torchvision_preprocessor",
+    "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImagePreprocessor", "check_image",
+    "default_preprocessor", "digits_preprocessor", "find_images", "hf_preprocessor", "load_image",
+    "timm_preprocessor", "torchvision_preprocessor",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,13 +102,38 @@ class ImagePreprocessor:
         return np.moveaxis(arr[:3], 0, -1) if arr.shape[0] >= 3 else arr.mean(axis=0)
 
 
-def load_image(path: str | os.PathLike) -> Any:
-    """Open an image file with PIL and decode it now (so a broken file fails here).
+def _open_checked(p: Path) -> Any:
+    """``PIL.Image.open`` where an image over PIL's pixel limit is an error, not a warning."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; a decompression bomb
+        # (a few bytes that decode to gigabytes) is refused at either
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(p)
+
+
+def _unreadable(p: Path, e: BaseException) -> ValueError:
+    from PIL import Image
+
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ValueError(f"{p}: refused, too many pixels for an image "
+                          f"(more than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; "
+                          "raise it in Python if you trust the file)")
+    return ValueError(f"{p}: not a readable image ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
+
+
+def check_image(path: str | os.PathLike) -> tuple[int, int]:
+    """Read an image file's header only (quick): its ``(width, height)``.
 
     Raises
     ------
     ValueError
-        The file does not exist or is not an image PIL can read; the message names the file.
+        No such file, not an image PIL can read, or more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -116,11 +141,34 @@ def load_image(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise ValueError(f"{p}: no such file")
     try:
-        with Image.open(p) as im:
+        with _open_checked(p) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise _unreadable(p, e) from e
+
+
+def load_image(path: str | os.PathLike) -> Any:
+    """Open an image file with PIL and decode it now (so a broken file fails here).
+
+    Raises
+    ------
+    ValueError
+        The file does not exist, is not an image PIL can read, or has more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        with _open_checked(p) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise _unreadable(p, e) from e
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -172,20 +220,32 @@ def default_preprocessor(
         Normalisation (default ImageNet's); None for none.
     channels
         3 (RGB) or 1 (grey).
+
+    Raises
+    ------
+    ValueError
+        ``channels`` is neither 1 nor 3.
     """
     from torchvision import transforms as T
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: images are read as grey (1) or RGB (3)")
     h, w = (size, size) if isinstance(size, int) else size
     resize = resize or round(max(h, w) / 0.875)
     steps: list[Any] = [T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
                         T.CenterCrop((h, w)), T.ToTensor()]
-    if mean is not None and std is not None:
-        steps.append(T.Normalize(mean[:channels], std[:channels]))
-    return ImagePreprocessor(
-        T.Compose(steps), (channels, h, w),
-        tuple(mean) if mean is not None else None, tuple(std) if std is not None else None,
-        mode="RGB" if channels == 3 else "L", source="default (resize, center crop, ImageNet "
-        "normalisation)" if mean == IMAGENET_MEAN else "default (resize, center crop)")
+    m = tuple(float(v) for v in mean)[:channels] if mean is not None else None
+    s = tuple(float(v) for v in std)[:channels] if std is not None else None
+    if m is not None and s is not None:
+        steps.append(T.Normalize(m, s))
+        norm = ("ImageNet normalisation" if m == IMAGENET_MEAN[:channels]
+                and s == IMAGENET_STD[:channels] else f"normalisation mean {m}, std {s}")
+        source = f"default (resize, center crop, {norm})"
+    else:
+        m = s = None
+        source = "default (resize, center crop)"
+    return ImagePreprocessor(T.Compose(steps), (channels, h, w), m, s,
+                             mode="RGB" if channels == 3 else "L", source=source)
 
 
 def timm_preprocessor(model: nn.Module, input_size: Sequence[int] | None = None
