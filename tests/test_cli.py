@@ -21,7 +21,7 @@ pytest.importorskip("sklearn")
 from PIL import Image  # noqa: E402
 
 import lrpfx  # noqa: E402
-from lrpfx.apps.cli import main, parse_target  # noqa: E402
+from lrpfx.apps.cli import build_parser, main, parse_target  # noqa: E402
 from lrpfx.apps.preprocess import (  # noqa: E402
     default_preprocessor,
     digits_preprocessor,
@@ -159,16 +159,25 @@ def test_explain_timm_weights_positive_only(tmp_path: Path) -> None:
     code = main(["explain", *map(str, images), "--model", "timm:test_resnet", "--num-classes",
                  "5", "--weights", str(weights), "--target", "3", "--positive-only",
                  "--input-size", "64", "--batch-size", "2", "--out", str(out), "--save-maps",
-                 "-q"])
+                 "--option", "max_pool_divide=true", "-q"])
     assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
     assert summary["map"] == "positive" and summary["preprocessing"] == "timm data config"
     assert summary["input_size"] == [3, 64, 64] and summary["weights"] == str(weights)
+    # every option is recorded, --option values parsed and as given
+    assert summary["rule_options"] == {"max_pool_divide": True}
+    explain_parser = build_parser()._subparsers._group_actions[0].choices["explain"]
+    dests = {a.dest for a in explain_parser._actions if a.dest != "help"}
+    assert set(summary["arguments"]) == dests | {"command"}
+    assert summary["arguments"]["option"] == ["max_pool_divide=true"]
+    assert summary["arguments"]["num_classes"] == 5 and summary["arguments"]["batch_size"] == 2
+    assert "`option=['max_pool_divide=true']`" in (out / "summary.md").read_text()
     prep = timm_preprocessor(model, (3, 64, 64))
     x = prep.batch(load_image(p) for p in images)
     with torch.no_grad():
         logits = model(x)
-    expected = lrpfx.compile(model).explain(x, 3, contrastive=False)
+    expected = lrpfx.compile(model, max_pool_divide=True).explain(x, 3, contrastive=False)
     for b, rec in enumerate(summary["images"]):
         assert rec["predicted"]["class"] == int(logits[b].argmax())
         assert [e["target"] for e in rec["explanations"]] == [3]
@@ -330,6 +339,9 @@ def bad():
 
 def not_a_model():
     return 3
+
+def raises(num_classes=4):
+    raise ValueError("no such backbone\\nsecond line of a long message")
 """
 
 
@@ -420,6 +432,97 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, digit_files, net_fi
         assert lines[0].startswith(f"lrpfx {argv[0]}: error: ")
         assert re.search(message, lines[0]), (argv, lines[0])
     assert not (tmp_path / "o").exists()  # nothing is written when the input is bad
+
+
+def _png_header_bomb(path: Path, side: int) -> Path:
+    """A PNG that claims ``side × side`` grey pixels in a few bytes: PIL reads the size from
+    the header, so the image is refused before anything is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def _field_errors(tmp: Path, digit_png: Path, net_file: Path, model: torch.nn.Module
+                  ) -> list[tuple[list[str], str]]:
+    """Issue 16 item 11: inputs that gave tracebacks (exit 1) or were silently ignored."""
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
+    wrong = tmp / "wrong_size.pt"
+    torch.save({**state, first: torch.zeros(3, 3)}, wrong)
+    nan = tmp / "nan.pt"
+    torch.save({**state, first: torch.full_like(state[first], float("nan"))}, nan)
+    a_file = tmp / "taken.txt"
+    a_file.write_text("a file, not a folder")
+    d = str(digit_png)
+    good = f"{net_file}:good"
+    return [
+        (["explain", str(_png_header_bomb(tmp / "bomb.png", 30_000)), "--model", "digits"],
+         r"bomb.png: refused, too many pixels"),  # 9e8 pixels: PIL's error
+        (["explain", str(_png_header_bomb(tmp / "big.png", 10_000)), "--model", "digits"],
+         r"big.png: refused, too many pixels"),  # 1e8 pixels: PIL only warns
+        (["explain", d, "--model", "digits", "--weights", str(wrong)],
+         rf"does not fit the model: 1 tensor\(s\) of another shape, e.g. '{first}' is \(3, 3\)"),
+        (["explain", d, "--model", f"{net_file}:raises", "--input-size", "16"],
+         r"raises\(\) raised ValueError: no such backbone$"),
+        (["explain", d, "--model", good, "--input-size", "2,16,16"],
+         r"grey \(C=1\) or RGB \(C=3\), not 2 channels"),
+        (["explain", d, "--model", good, "--input-size", "1,16,16"],
+         r"cannot take inputs of shape \(1, 1, 16, 16\)"),
+        (["explain", d, "--model", good, "--num-classes", "-3", "--input-size", "16"],
+         r"argument --num-classes: -3: must be at least 1"),
+        (["explain", d, "--model", good, "--num-classes", "0", "--input-size", "16"],
+         r"argument --num-classes: 0: must be at least 1"),
+        (["explain", d, "--model", "digits", "--threads", "0"],
+         r"argument --threads: 0: must be at least 1"),
+        (["explain", d, "--model", "digits", "--out", str(a_file)],
+         r"--out .*taken.txt is a file, not a folder"),
+        (["explain", d, "--model", "digits", "--weights", str(nan)],
+         r"outputs are not finite \(NaN or inf\) for .*d0.png; check --weights"),
+        (["evaluate", d, d, d, d, "--model", "digits", "--weights", str(nan), "--out",
+          str(tmp / "o")], r"outputs are not finite"),
+        (["explain", d, "--model", good], r"needs --input-size C,H,W"),
+        (["explain", d, "--model", good, "--input-size", "16", "--std", "0.5,0,0.5"],
+         r"--std .0.5,0,0.5.: a standard deviation must be positive"),
+        (["explain", d, "--model", good, "--input-size", "16", "--labels", str(tmp / "no")],
+         r"--labels .*no: cannot read it"),
+        (["explain", d, "--model", "digits", "--option", "epsilon=1e999"], r"must be finite"),
+    ]
+
+
+def test_field_errors_give_one_line_and_exit_2(tmp_path: Path, digit_files, net_file,
+                                               digits_model, capsys) -> None:
+    _, paths, _ = digit_files
+    for argv, message in _field_errors(tmp_path, paths[0], net_file, digits_model[0]):
+        if "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "o")]
+        code = main([*argv, "-q"] if argv[0] == "explain" else argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("lrpfx ")]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        assert lines[0].startswith(f"lrpfx {argv[0]}: error: ")
+        assert re.search(message, lines[0]), (argv, lines[0])
+    assert not (tmp_path / "o").exists()  # nothing is written when the input is bad
+
+
+def test_summary_json_is_strict(tmp_path: Path) -> None:
+    from lrpfx.apps.cli.output import write_json
+
+    path = tmp_path / "s.json"
+    write_json(path, {"a": 1.5, "b": [1.0, float("nan")], "c": {"d": float("inf")}},
+               why_null="undefined")
+    strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert strict["a"] == 1.5 and strict["b"] == [1.0, None] and strict["c"] == {"d": None}
+    assert strict["null_values"] == {"/b/1": "nan (not a number JSON can hold): undefined",
+                                     "/c/d": "inf (not a number JSON can hold): undefined"}
 
 
 def test_help_teaches(capsys) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import lrpfx
-from lrpfx.apps.cli.common import compile_model, load_image_model
+from lrpfx.apps.cli.common import class_scores_of, compile_model, load_image_model, run_model
 from lrpfx.apps.cli.errors import CLIError, first_line
 from lrpfx.apps.cli.options import add_model_args, at_least, parse_rule_options, resolve_device
 from lrpfx.apps.cli.output import check_out_dir, note, recorded_arguments, write_json
@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"gae needs at least 4 images (mosaics of 4); got {len(x)}")
     model = loaded.model.to(device)
     x = x.to(device)
+    for i in range(0, len(x), args.batch_size):  # metrics on NaN outputs mean nothing
+        class_scores_of(run_model(loaded, model, x[i:i + args.batch_size]),
+                        [f"image {j} of {source}" for j in range(i, len(x))])
     results: dict[str, dict[str, Any]] = {}
     seed = args.seed
     start = time.perf_counter()
