@@ -181,3 +181,14 @@ def test_pretrained_efficientnet_lite0_from_the_wheel() -> None:
     with pytest.raises(ModelLoadError, match="_conv_stem.weight"):
         load("timm:efficientnet_lite0", weights=efficientnet_lite0_weights_path(),
              remap="exact")
+
+
+def test_sample_photos() -> None:
+    pytest.importorskip("skimage", reason="scikit-image is not installed")
+    from lrpfx.data.models import sample_photos
+
+    photos = sample_photos(["chelsea", "camera"])
+    assert [n for n, _ in photos] == ["chelsea", "camera"]
+    assert all(im.mode == "RGB" for _, im in photos) and photos[1][1].size == (512, 512)
+    with pytest.raises(ModelLoadError, match="no photo"):
+        sample_photos(["not_a_photo"])
