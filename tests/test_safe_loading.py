@@ -133,7 +133,7 @@ def test_cli_weights_file_is_never_unpickled(tmp_path: Path, capsys) -> None:
     code = main(["check", "--model", f"{net}:build", "--input-size", "1,2,2", "--weights",
                  str(weights)])
     err = capsys.readouterr().err
-    assert code == 2 and "weights_only=True" in err and err.count("\n") == 1
+    assert code == 2 and "weights_only=True" in err and err.count("\n") == 1, err
     assert not marker.exists()
 
 
@@ -147,15 +147,14 @@ class _FakeWeights:
 def test_torchvision_weights_cache_is_hash_checked(tmp_path: Path, monkeypatch) -> None:
     import hashlib
 
-    from lrpfx.apps.cli.errors import CLIError
-    from lrpfx.apps.cli.weights import torchvision_state_dict
+    from lrpfx.apps.preprocess import torchvision_state_dict
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() reads it
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     marker = tmp_path / "pwned"
     # a file planted where torchvision's resnet18 weights are cached: refused, unread
     _plant(cache / "resnet18-f37072fd.pth", marker)
-    with pytest.raises(CLIError, match="does not have the SHA-256 its name promises"):
+    with pytest.raises(ValueError, match="does not have the SHA-256 its name promises"):
         torchvision_state_dict(_FakeWeights("https://x/resnet18-f37072fd.pth"))
     assert not marker.exists()
     # a cached file whose hash matches its name is read (with weights_only=True)
@@ -169,7 +168,7 @@ def test_torchvision_weights_cache_is_hash_checked(tmp_path: Path, monkeypatch) 
     evil = _plant(cache / "tmp2.pth", marker)
     prefix = hashlib.sha256(evil.read_bytes()).hexdigest()[:8]
     evil.rename(cache / f"evil-{prefix}.pth")
-    with pytest.raises(CLIError, match="cannot read"):
+    with pytest.raises(ValueError, match="cannot read"):
         torchvision_state_dict(_FakeWeights(f"https://x/evil-{prefix}.pth"))
     assert not marker.exists()
 
@@ -179,6 +178,6 @@ def test_torchvision_weights_cache_is_hash_checked(tmp_path: Path, monkeypatch) 
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(CLIError) as e:
+    with pytest.raises(ValueError) as e:
         torchvision_state_dict(_FakeWeights("https://x/resnet50-0676ba61.pth"))
     assert "--weights FILE" in str(e.value) and str(cache) not in str(e.value)

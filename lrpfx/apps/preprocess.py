@@ -32,7 +32,8 @@ from torch import Tensor, nn
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImagePreprocessor", "check_image",
     "default_preprocessor", "digits_preprocessor", "find_images", "hf_preprocessor", "load_image",
-    "timm_preprocessor", "torchvision_preprocessor",
+    "timm_preprocessor", "torchvision_preprocessor", "torchvision_state_dict",
+    "torchvision_weights",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -248,22 +249,28 @@ def default_preprocessor(
                              mode="RGB" if channels == 3 else "L", source=source)
 
 
-def timm_preprocessor(model: nn.Module, input_size: Sequence[int] | None = None
+def timm_preprocessor(model: nn.Module, input_size: Sequence[int] | None = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                       ) -> ImagePreprocessor:
     """The evaluation transform timm defines for ``model`` (its ``pretrained_cfg``).
 
     Uses ``timm.data.resolve_data_config(model=model)`` and ``timm.data.create_transform``:
     the model's input size, interpolation, crop percentage and mean/std. ``input_size``
-    ``(C, H, W)`` overrides the size only.
+    ``(C, H, W)``, ``mean`` and ``std`` override those (for weights trained otherwise than
+    timm's config says); the rest stays timm's.
     """
     from timm.data import create_transform, resolve_data_config
 
-    args = {"input_size": tuple(input_size)} if input_size is not None else {}
+    args: dict[str, Any] = {"input_size": tuple(input_size)} if input_size is not None else {}
+    if mean is not None and std is not None:
+        args.update(mean=tuple(mean), std=tuple(std))
     cfg = resolve_data_config(args, model=model)
     transform = create_transform(**cfg, is_training=False)
     c, h, w = cfg["input_size"]
+    source = "timm data config" + (f" with mean {tuple(mean)}, std {tuple(std)}"
+                                   if mean is not None and std is not None else "")
     return ImagePreprocessor(transform, (c, h, w), tuple(cfg["mean"]), tuple(cfg["std"]),
-                             mode="RGB" if c == 3 else "L", source="timm data config")
+                             mode="RGB" if c == 3 else "L", source=source)
 
 
 def torchvision_weights(model_name: str, weights: Any) -> Any:
@@ -287,6 +294,55 @@ def torchvision_weights(model_name: str, weights: Any) -> Any:
         known = ", ".join(["DEFAULT", *(w.name for w in enum)])
         raise ValueError(f"torchvision model {model_name!r} has no weights {weights!r}; "
                          f"known: {known}") from None
+
+
+def _sha256_prefix_ok(path: Path, prefix: str) -> bool:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest().startswith(prefix)
+
+
+def torchvision_state_dict(weights: Any) -> dict[str, Any]:
+    """The state dict of torchvision weights (``ResNet18_Weights.IMAGENET1K_V1``), read safely.
+
+    From torch's hub cache if the file is there, after checking it against the SHA-256 prefix
+    in its name (torch checks it only when it downloads: a file put in the cache by hand was
+    trusted as is); else downloaded with ``check_hash=True``. Always read with
+    ``weights_only=True``: torchvision's own ``weights.get_state_dict()`` unpickles with
+    ``weights_only=False``, so a planted file could run code.
+
+    Raises
+    ------
+    ValueError
+        A cached file whose hash is not the one in its name, or that holds more than tensors;
+        offline and not cached (the message says to pass a state-dict file instead).
+    """
+    name = f"{type(weights).__name__}.{weights.name}"
+    file_name = Path(weights.url).name
+    match = torch.hub.HASH_REGEX.search(file_name)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if cached.is_file():
+        if match is None or not _sha256_prefix_ok(cached, match.group(1)):
+            raise ValueError(f"{name}: the cached file {cached} does not have the SHA-256 its "
+                             "name promises, so it is not these weights: delete it")
+        try:
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a corrupt cache file
+            raise ValueError(f"{name}: cannot read {cached} with weights_only=True "
+                             f"({str(e).strip().splitlines()[0]})") from e
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu",
+                                                  progress=False, check_hash=True,
+                                                  weights_only=True)
+    except Exception as e:  # noqa: BLE001 - offline, the download fails in many ways
+        raise ValueError(f"cannot download torchvision weights {name} "
+                         f"({str(e).strip().splitlines()[0]}); without network access, "
+                         f"download {weights.url} elsewhere and pass that file as the weights "
+                         "(a state-dict file: --weights FILE)") from e
 
 
 def torchvision_preprocessor(weights: Any, model_name: str | None = None) -> ImagePreprocessor:

@@ -51,6 +51,7 @@ from lrpfx.apps.preprocess import (
     default_preprocessor,
     timm_preprocessor,
     torchvision_preprocessor,
+    torchvision_state_dict,
     torchvision_weights,
 )
 
@@ -341,13 +342,10 @@ def _load_torchvision(name: str, num_classes: int | None, weights: Any
         (enum or default).meta.get("categories") or []) else _labels_for(model)
     state = None
     if enum is not None:
-        try:
-            state = enum.get_state_dict(progress=False, check_hash=True)
-        except Exception as e:  # noqa: BLE001 - offline, the download fails in many ways
-            target = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-            raise ModelLoadError(
-                f"cannot load torchvision weights {weights} ({e}); without network access put "
-                f"the file at {target} or pass a state-dict file as weights") from e
+        try:  # hash-checked, weights_only=True (torchvision's get_state_dict unpickles code)
+            state = torchvision_state_dict(enum)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
     return model, prep, labels, notes, state
 
 
@@ -411,7 +409,8 @@ def load(spec: str, *, weights: str | os.PathLike | Mapping[str, Any] | None = N
         ``timm:NAME``, ``torchvision:NAME`` or ``FILE.py:FACTORY`` (see the module docstring).
     weights
         A state-dict file (``torch.load(..., weights_only=True)``) or mapping; for torchvision
-        also a weights name (``"IMAGENET1K_V1"``), which must already be in torch's hub cache.
+        also a weights name (``"IMAGENET1K_V1"``): from torch's hub cache after a hash check, or
+        downloaded; read with ``weights_only=True``.
         None keeps the random initialisation (:attr:`LoadedModel.random_init`).
     num_classes
         Output classes, for checkpoints fine-tuned to another label set.

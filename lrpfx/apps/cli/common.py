@@ -12,8 +12,7 @@ from torch import Tensor
 import lrpfx
 from lrpfx.apps.cli.errors import CLIError, ExplainError, first_line
 from lrpfx.apps.cli.models import LoadedModel, load_model
-from lrpfx.apps.cli.options import image_size, parse_floats, parse_rule_options, parse_size
-from lrpfx.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from lrpfx.apps.cli.options import parse_floats, parse_rule_options, parse_size
 from lrpfx.core.explainer import class_scores
 
 __all__ = ["class_scores_of", "compile_model", "finite_maps", "load_image_model", "run_model"]
@@ -24,13 +23,14 @@ def load_image_model(args: argparse.Namespace, task: str = "image") -> LoadedMod
     ``--mean``/``--std``."""
     size = parse_size(args.input_size)
     channels = size[0] if size is not None and len(size) == 3 else 3
-    mean = IMAGENET_MEAN if args.mean is None else parse_floats("--mean", args.mean, channels)
-    std = IMAGENET_STD if args.std is None else parse_floats("--std", args.std, channels)
-    if (mean is None) != (std is None):
-        raise CLIError("--mean none and --std go together: give both or neither")
+    normalise = args.mean is not None or args.std is not None
+    mean = parse_floats("--mean", args.mean, channels) if args.mean is not None else None
+    std = parse_floats("--std", args.std, channels) if args.std is not None else None
+    if normalise and (mean is None) != (std is None):
+        raise CLIError("--mean and --std go together: give both (or 'none' for both)")
     return load_model(args.model, weights=args.weights, num_classes=args.num_classes, task=task,
-                      input_size=image_size(size, (3, 224, 224)) if size else None,
-                      labels=args.labels, mean=mean, std=std)
+                      input_size=size,
+                      labels=args.labels, mean=mean, std=std, normalise=normalise)
 
 
 def compile_model(loaded: LoadedModel, args: argparse.Namespace, rule: str | None = None

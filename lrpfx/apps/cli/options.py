@@ -68,13 +68,13 @@ def add_model_args(p: argparse.ArgumentParser, *, image: bool = True) -> None:
                             "without named weights); C is 1 (grey) or 3 (RGB); also H,W or a "
                             "side; check: a token count for text models")
         p.add_argument("--labels", metavar="FILE",
-                       help="class names, one a line (FILE.py models; overrides the model's)")
+                       help="class names, one a line (instead of the model's)")
         p.add_argument("--mean", metavar="M[,M,M]",
-                       help="normalisation mean per channel for FILE.py models (default "
-                            "ImageNet's; 'none' for no normalisation)")
+                       help="normalisation mean, one value or one per channel, instead of the "
+                            "model's ('none' with --std none: no normalisation)")
         p.add_argument("--std", metavar="S[,S,S]",
-                       help="normalisation std per channel for FILE.py models (default "
-                            "ImageNet's)")
+                       help="normalisation std, one value or one per channel, instead of the "
+                            "model's")
 
 
 def resolve_device(name: str) -> torch.device:
