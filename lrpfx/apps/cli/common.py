@@ -72,9 +72,10 @@ def run_model(loaded: LoadedModel, fn: Any, x: Tensor) -> Any:
                        f"(--input-size?): {first_line(e)}") from e
 
 
-def finite_maps(maps: Tensor, what: str) -> Tensor:
-    """``maps`` if finite, else an :class:`ExplainError` (exit 1): no NaN leaves the CLI."""
-    if not bool(torch.isfinite(maps).all()):
+def finite_maps(maps: Any, what: str) -> Tensor:
+    """``maps`` (detached) if a finite tensor, else an :class:`ExplainError` (exit 1): no NaN
+    leaves the CLI."""
+    if not isinstance(maps, Tensor) or not bool(torch.isfinite(maps).all()):
         raise ExplainError(f"the relevance map of {what} is not finite; please report this "
                            "model to lrpfx (try --rule or --no-strict meanwhile)")
-    return maps
+    return maps.detach()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -168,21 +167,25 @@ def _init_distributed(device: torch.device) -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _cell(row: dict[str, Any], metric: str, key: str) -> float:
+    if metric == "sensitivity_n":  # the mean over n of the correlations that are defined
+        c = np.asarray(row[metric]["correlation"], dtype=float)
+        return float(np.nanmean(c)) if np.isfinite(c).any() else float("nan")
+    return float(row[metric][key])
+
+
 def _table(summary: dict[str, Any]) -> str:
     """A Markdown table: one row per rule set, the mean of each metric."""
-    cols: list[tuple[str, Callable[[dict[str, Any]], float]]] = []
+    cols: list[tuple[str, str, str]] = []  # (title, metric, key)
     if "gae" in summary["metrics"]:
-        cols += [(f"GAE {k}", lambda r, k=k: r["gae"][k]) for k in ("gae", "lc", "c")]
+        cols += [(f"GAE {k}", "gae", k) for k in ("gae", "lc", "c")]
     if "sensitivity-n" in summary["metrics"]:
-        cols.append(("Sensitivity-n (mean over n)",
-                     lambda r: float(np.nanmean(r["sensitivity_n"]["correlation"]))
-                     if np.isfinite(r["sensitivity_n"]["correlation"]).any() else float("nan")))
+        cols.append(("Sensitivity-n (mean over n)", "sensitivity_n", ""))
     if "insertion-deletion" in summary["metrics"]:
-        cols += [(k, lambda r, k=k: r["insertion_deletion"][k])
-                 for k in ("insertion", "deletion", "difference")]
-    lines = ["| rule | " + " | ".join(c for c, _ in cols) + " |",
+        cols += [(k, "insertion_deletion", k) for k in ("insertion", "deletion", "difference")]
+    lines = ["| rule | " + " | ".join(c for c, _, _ in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for rule, row in summary["results"].items():
-        lines.append(f"| {rule} | " + " | ".join(f"{f(row):.4f}" for _, f in cols) + " |")
+        lines.append(f"| {rule} | " + " | ".join(f"{_cell(row, m, k):.4f}" for _, m, k in cols)
+                     + " |")
     return "\n".join(lines)
-

@@ -122,15 +122,17 @@ def run(args: argparse.Namespace) -> int:
             run_model(loaded, model, x[:1])
         scores = class_scores_of(run_model(loaded, explainer, x), [str(p) for p in chunk])
         targets = _targets(mode, value, scores)
-        args_, kwargs = ((), {loaded.keyword: x}) if loaded.keyword else ((x,), {})
+        keyword: dict[str, Any] = {loaded.keyword: x} if loaded.keyword else {}
         maps = []
         for t in targets:
-            try:
-                parts = explainer.explain_parts(*args_, target=t, negative=contrastive, **kwargs)
+            try:  # Hugging Face image models take pixel_values=x, the others x
+                parts = (explainer.explain_parts(target=t, negative=contrastive, **keyword)
+                         if keyword else explainer.explain_parts(x, target=t,
+                                                                 negative=contrastive))
             except ValueError as e:  # no relevance can be defined (lrpfx says why)
                 raise ExplainError(f"{chunk[0]}…: {first_line(e)}") from e
-            m = parts.contrastive if contrastive else parts.positive
-            maps.append(finite_maps(m.detach().cpu(), f"{len(chunk)} image(s) from {chunk[0]}"))
+            maps.append(finite_maps(parts.contrastive if contrastive else parts.positive,
+                                    f"{len(chunk)} image(s) from {chunk[0]}").cpu())
         probs = scores.float().softmax(1).cpu()
         scores = scores.float().cpu()
         targets = targets.cpu()
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "preprocessing": prep.source, "input_size": list(prep.input_size),
         "mean": list(prep.mean) if prep.mean is not None else None,
         "std": list(prep.std) if prep.std is not None else None,
-        "labels": "given" if loaded.labels is not None else None,
+        "class_names": len(loaded.labels) if loaded.labels is not None else 0,
         "device": str(device), "target": args.target, "seconds": time.perf_counter() - start,
         "arguments": recorded_arguments(args),
         "images": records,
