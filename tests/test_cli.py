@@ -298,6 +298,7 @@ def test_explain_text_bert(tmp_path: Path, capsys) -> None:
     html = (out / "text.html").read_text()
     assert html.startswith("<!doctype html>") and html.count("<span") == 2 * (7 + 3)
     data = json.loads((out / "text.json").read_text())
+    assert data["arguments"]["target"] == "top2" and data["arguments"]["option"] == []
     batch = tok(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
@@ -358,8 +359,13 @@ def test_evaluate_digits_matches_the_metrics(tmp_path: Path, digits_model, capsy
     assert code == 0
     table = capsys.readouterr().out
     assert table.startswith("| rule | GAE gae | GAE lc | GAE c |") and "\n| abslrp | " in table
-    data = json.loads((tmp_path / "evaluation.json").read_text())
+    data = json.loads((tmp_path / "evaluation.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"bare {c} in evaluation.json"))
     assert data["input_size"] == [1, 16, 16] and "first 4 digits" in data["data"]
+    evaluate_parser = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    assert set(data["arguments"]) == {a.dest for a in evaluate_parser._actions
+                                      if a.dest != "help"} | {"command"}
+    assert data["arguments"]["gae_steps"] == 2 and data["arguments"]["subsets"] == 4
     got = data["results"]["abslrp"]
     x = x_test[:4]
     explain = lrpfx.compile(model).explain
