@@ -420,6 +420,10 @@ def test_check_reports_coverage(net_file: Path, capsys) -> None:
     assert text.count("\nrule ") >= 7  # conv ×5, linear ×2, ...
     assert main(["check", "--model", f"{net_file}:good", "--input-size", "3,20,20"]) == 0
     assert "input 3×20×20" in capsys.readouterr().out
+    # a timm transformer at another size: its position embeddings are resampled
+    assert main(["check", "--model", "timm:vit_tiny_patch16_224", "--input-size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "input 3×64×64" in captured.out and "resampled to 64×64" in captured.err
     assert main(["check", "--model", f"{net_file}:bad", "--input-size", "20"]) == 1
     text = capsys.readouterr().out
     assert "unsupported" in text and "conv_transpose2d" in text and "have no 'abslrp' rule" in text

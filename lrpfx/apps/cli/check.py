@@ -13,6 +13,7 @@ import lrpfx
 from lrpfx.apps.cli.common import load_image_model
 from lrpfx.apps.cli.errors import CLIError, first_line
 from lrpfx.apps.cli.options import add_model_args, image_size, parse_rule_options, parse_size
+from lrpfx.apps.cli.output import note
 
 __all__ = ["register", "run"]
 
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``lrpfx check``; the exit code."""
     size = parse_size(args.input_size)
     loaded = load_image_model(args, task="auto")
+    for msg in loaded.notes:
+        note(msg)
     if loaded.preprocessor is not None:
         c, h, w = image_size(size, loaded.preprocessor.input_size)
         example: Any = torch.randn(2, c, h, w)

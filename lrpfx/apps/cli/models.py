@@ -217,6 +217,12 @@ def _override_preprocessing(loaded: LoadedModel, kind: str, weights: str | None,
         loaded.notes.append(f"--input-size/--mean/--std ignored: {prep.source} sets them")
         return
     size = image_size(tuple(input_size) if input_size is not None else None, prep.input_size)
+    if kind == "timm" and size[1:] != tuple(prep.input_size[1:]) and \
+            callable(getattr(loaded.model, "set_input_size", None)):
+        # transformers: position embeddings are built for one size; timm resamples them (the
+        # loaded ones: this model is ours, built by the loader, never the user's instance)
+        loaded.model.set_input_size(img_size=size[1:])
+        loaded.notes.append(f"position embeddings resampled to {size[1]}×{size[2]}")
     if kind == "timm":  # without --mean/--std, timm's config keeps its own normalisation
         loaded.preprocessor = timm_preprocessor(loaded.model, size, *((mean, std) if normalise
                                                                       else (None, None)))
