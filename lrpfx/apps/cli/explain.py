@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             run_model(loaded, model, x[:1])
         scores = class_scores_of(run_model(loaded, explainer, x), [str(p) for p in chunk])
         targets = _targets(mode, value, scores)
+        if i == 0 and loaded.labels is not None and len(loaded.labels) != scores.shape[1]:
+            note(f"{len(loaded.labels)} class names for {scores.shape[1]} outputs: classes "
+                 "without a name are shown by index")
         keyword: dict[str, Any] = {loaded.keyword: x} if loaded.keyword else {}
         maps = []
         for t in targets:
