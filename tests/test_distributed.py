@@ -27,7 +27,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
          str(Path(__file__).with_name("distributed_worker.py")), str(out)],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    distributed = torch.load(out)
+    distributed = torch.load(out, weights_only=True)
     single = run_all()
     assert set(distributed) == set(single) == {"gae", "insertion_deletion", "sensitivity_n"}
     for metric, fields in single.items():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import lrpfx
-from tests.conftest import golden_dir
+from tests.conftest import load_golden
 
 timm = pytest.importorskip("timm")
 
@@ -30,10 +30,7 @@ CASES = {
 
 
 def _load(name: str) -> dict:
-    path = golden_dir() / f"{name}.pt"
-    if not path.exists():
-        pytest.fail(f"golden file {path} is missing (set LRPFX_GOLDEN to the golden folder)")
-    return torch.load(path, weights_only=False)
+    return load_golden(f"{name}.pt")
 
 
 def _model(golden: dict) -> torch.nn.Module:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import lrpfx
-from tests.conftest import golden_dir
+from tests.conftest import load_golden
 
 timm = pytest.importorskip("timm")
 EPS = 1e-9
@@ -173,8 +173,7 @@ def test_vit_golden_parity():
     """The stored golden is the reference's ViT chain with the total derivative at merges and
     without timm's ``pos_drop`` (the reference's rewritten forward never calls it; here it is
     replaced by an identity, which leaves the forward unchanged)."""
-    path = golden_dir() / "vit_tiny_patch16_224.pt"
-    golden = torch.load(path, weights_only=False)
+    golden = load_golden("vit_tiny_patch16_224.pt")
     torch.manual_seed(0)
     m = timm.create_model(golden["model"], pretrained=False).eval().double()
     m.pos_drop = torch.nn.Identity()

@@ -30,9 +30,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImagePreprocessor", "default_preprocessor",
-    "digits_preprocessor", "find_images", "hf_preprocessor", "load_image", "timm_preprocessor",
-    "torchvision_preprocessor",
+    "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImagePreprocessor", "check_image",
+    "default_preprocessor", "digits_preprocessor", "find_images", "hf_preprocessor", "load_image",
+    "timm_preprocessor", "torchvision_preprocessor", "torchvision_state_dict",
+    "torchvision_weights",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,13 +103,38 @@ class ImagePreprocessor:
         return np.moveaxis(arr[:3], 0, -1) if arr.shape[0] >= 3 else arr.mean(axis=0)
 
 
-def load_image(path: str | os.PathLike) -> Any:
-    """Open an image file with PIL and decode it now (so a broken file fails here).
+def _open_checked(p: Path) -> Any:
+    """``PIL.Image.open`` where an image over PIL's pixel limit is an error, not a warning."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; a decompression bomb
+        # (a few bytes that decode to gigabytes) is refused at either
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(p)
+
+
+def _unreadable(p: Path, e: BaseException) -> ValueError:
+    from PIL import Image
+
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ValueError(f"{p}: refused, too many pixels for an image "
+                          f"(more than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; "
+                          "raise it in Python if you trust the file)")
+    return ValueError(f"{p}: not a readable image ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
+
+
+def check_image(path: str | os.PathLike) -> tuple[int, int]:
+    """Read an image file's header only (quick): its ``(width, height)``.
 
     Raises
     ------
     ValueError
-        The file does not exist or is not an image PIL can read; the message names the file.
+        No such file, not an image PIL can read, or more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -116,11 +142,34 @@ def load_image(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise ValueError(f"{p}: no such file")
     try:
-        with Image.open(p) as im:
+        with _open_checked(p) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise _unreadable(p, e) from e
+
+
+def load_image(path: str | os.PathLike) -> Any:
+    """Open an image file with PIL and decode it now (so a broken file fails here).
+
+    Raises
+    ------
+    ValueError
+        The file does not exist, is not an image PIL can read, or has more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        with _open_checked(p) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise _unreadable(p, e) from e
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -172,38 +221,56 @@ def default_preprocessor(
         Normalisation (default ImageNet's); None for none.
     channels
         3 (RGB) or 1 (grey).
+
+    Raises
+    ------
+    ValueError
+        ``channels`` is neither 1 nor 3.
     """
     from torchvision import transforms as T
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: images are read as grey (1) or RGB (3)")
     h, w = (size, size) if isinstance(size, int) else size
     resize = resize or round(max(h, w) / 0.875)
     steps: list[Any] = [T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
                         T.CenterCrop((h, w)), T.ToTensor()]
-    if mean is not None and std is not None:
-        steps.append(T.Normalize(mean[:channels], std[:channels]))
-    return ImagePreprocessor(
-        T.Compose(steps), (channels, h, w),
-        tuple(mean) if mean is not None else None, tuple(std) if std is not None else None,
-        mode="RGB" if channels == 3 else "L", source="default (resize, center crop, ImageNet "
-        "normalisation)" if mean == IMAGENET_MEAN else "default (resize, center crop)")
+    m = tuple(float(v) for v in mean)[:channels] if mean is not None else None
+    s = tuple(float(v) for v in std)[:channels] if std is not None else None
+    if m is not None and s is not None:
+        steps.append(T.Normalize(m, s))
+        norm = ("ImageNet normalisation" if m == IMAGENET_MEAN[:channels]
+                and s == IMAGENET_STD[:channels] else f"normalisation mean {m}, std {s}")
+        source = f"default (resize, center crop, {norm})"
+    else:
+        m = s = None
+        source = "default (resize, center crop)"
+    return ImagePreprocessor(T.Compose(steps), (channels, h, w), m, s,
+                             mode="RGB" if channels == 3 else "L", source=source)
 
 
-def timm_preprocessor(model: nn.Module, input_size: Sequence[int] | None = None
+def timm_preprocessor(model: nn.Module, input_size: Sequence[int] | None = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                       ) -> ImagePreprocessor:
     """The evaluation transform timm defines for ``model`` (its ``pretrained_cfg``).
 
     Uses ``timm.data.resolve_data_config(model=model)`` and ``timm.data.create_transform``:
     the model's input size, interpolation, crop percentage and mean/std. ``input_size``
-    ``(C, H, W)`` overrides the size only.
+    ``(C, H, W)``, ``mean`` and ``std`` override those (for weights trained otherwise than
+    timm's config says); the rest stays timm's.
     """
     from timm.data import create_transform, resolve_data_config
 
-    args = {"input_size": tuple(input_size)} if input_size is not None else {}
+    args: dict[str, Any] = {"input_size": tuple(input_size)} if input_size is not None else {}
+    if mean is not None and std is not None:
+        args.update(mean=tuple(mean), std=tuple(std))
     cfg = resolve_data_config(args, model=model)
     transform = create_transform(**cfg, is_training=False)
     c, h, w = cfg["input_size"]
+    source = "timm data config" + (f" with mean {tuple(mean)}, std {tuple(std)}"
+                                   if mean is not None and std is not None else "")
     return ImagePreprocessor(transform, (c, h, w), tuple(cfg["mean"]), tuple(cfg["std"]),
-                             mode="RGB" if c == 3 else "L", source="timm data config")
+                             mode="RGB" if c == 3 else "L", source=source)
 
 
 def torchvision_weights(model_name: str, weights: Any) -> Any:
@@ -227,6 +294,55 @@ def torchvision_weights(model_name: str, weights: Any) -> Any:
         known = ", ".join(["DEFAULT", *(w.name for w in enum)])
         raise ValueError(f"torchvision model {model_name!r} has no weights {weights!r}; "
                          f"known: {known}") from None
+
+
+def _sha256_prefix_ok(path: Path, prefix: str) -> bool:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest().startswith(prefix)
+
+
+def torchvision_state_dict(weights: Any) -> dict[str, Any]:
+    """The state dict of torchvision weights (``ResNet18_Weights.IMAGENET1K_V1``), read safely.
+
+    From torch's hub cache if the file is there, after checking it against the SHA-256 prefix
+    in its name (torch checks it only when it downloads: a file put in the cache by hand was
+    trusted as is); else downloaded with ``check_hash=True``. Always read with
+    ``weights_only=True``: torchvision's own ``weights.get_state_dict()`` unpickles with
+    ``weights_only=False``, so a planted file could run code.
+
+    Raises
+    ------
+    ValueError
+        A cached file whose hash is not the one in its name, or that holds more than tensors;
+        offline and not cached (the message says to pass a state-dict file instead).
+    """
+    name = f"{type(weights).__name__}.{weights.name}"
+    file_name = Path(weights.url).name
+    match = torch.hub.HASH_REGEX.search(file_name)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if cached.is_file():
+        if match is None or not _sha256_prefix_ok(cached, match.group(1)):
+            raise ValueError(f"{name}: the cached file {cached} does not have the SHA-256 its "
+                             "name promises, so it is not these weights: delete it")
+        try:
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a corrupt cache file
+            raise ValueError(f"{name}: cannot read {cached} with weights_only=True "
+                             f"({str(e).strip().splitlines()[0]})") from e
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu",
+                                                  progress=False, check_hash=True,
+                                                  weights_only=True)
+    except Exception as e:  # noqa: BLE001 - offline, the download fails in many ways
+        raise ValueError(f"cannot download torchvision weights {name} "
+                         f"({str(e).strip().splitlines()[0]}); without network access, "
+                         f"download {weights.url} elsewhere and pass that file as the weights "
+                         "(a state-dict file: --weights FILE)") from e
 
 
 def torchvision_preprocessor(weights: Any, model_name: str | None = None) -> ImagePreprocessor:
