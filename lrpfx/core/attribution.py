@@ -1,0 +1,96 @@
+"""How a map is read for the rule sets that need more than one backward pass from the input:
+DeepLIFT's baseline run and integrated gradients' path; helpers to run a compiled graph."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lrpfx.core.targets import Target, class_scores, output_seeds
+from lrpfx.rules.base import RuleCall, RuleSet
+
+
+def baseline_of(ruleset: RuleSet, value: Tensor) -> Tensor:
+    """The baseline ``x̄`` of the rule set (its ``baseline`` option; zero by default), shaped like
+    ``value``."""
+    b = ruleset.options.get("baseline")
+    if b is None:
+        return torch.zeros_like(value)
+    b = torch.as_tensor(b, dtype=value.dtype, device=value.device)
+    try:
+        return b.expand_as(value)
+    except RuntimeError:
+        raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to the "
+                         f"input's shape {tuple(value.shape)}") from None
+
+def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, Any],
+               explained: str | None, value: Tensor, target: Target, negative: bool
+               ) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Integrated gradients: Gauss–Legendre nodes on [0, 1], path points batched."""
+    import numpy as np
+
+    steps = int(ruleset.options["steps"])
+    chunk = ruleset.options.get("internal_batch_size") or steps * value.shape[0]
+    per = max(1, chunk // value.shape[0])
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas = torch.as_tensor((nodes + 1) / 2, dtype=value.dtype, device=value.device)
+    weights = torch.as_tensor(weights / 2, dtype=value.dtype, device=value.device)
+    baseline = baseline_of(ruleset, value)
+    delta = value.detach() - baseline
+    with torch.no_grad():
+        out, seeds, target_t = output_seeds(ruleset, run_graph(gm, args, kwargs, value), target,
+                                            negative)
+    b = value.shape[0]
+    total = [torch.zeros_like(value) for _ in seeds]
+    for start in range(0, steps, per):
+        a = alphas[start:start + per]
+        k = len(a)
+        path = (baseline + a.reshape(-1, *[1] * value.dim()) * delta).reshape(
+            k * b, *value.shape[1:]).requires_grad_(True)
+        rest = {n: v.repeat(k, *[1] * (v.dim() - 1)) if isinstance(v, Tensor)
+                and v.dim() and v.shape[0] == b else v for n, v in kwargs.items()}
+        p_args, p_kwargs = with_value(
+            tuple(v.repeat(k, *[1] * (v.dim() - 1)) for v in args), rest, explained, path)
+        with torch.enable_grad():
+            logits = class_scores(run_graph(gm, p_args, p_kwargs, value))
+            for i, seed in enumerate(seeds):
+                (g,) = torch.autograd.grad(logits, path, seed.repeat(k, 1),
+                                           retain_graph=i + 1 < len(seeds))
+                w = weights[start:start + per].reshape(-1, *[1] * value.dim())
+                total[i] += (g.reshape(k, *value.shape) * w).sum(0)
+    return [delta * t for t in total], out, target_t
+
+
+def with_value(args: tuple, kwargs: dict[str, Any], explained: str | None, value: Tensor
+               ) -> tuple[tuple, dict[str, Any]]:
+    """The call's inputs with the explained input replaced by ``value``."""
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, explained: value}
+
+
+@contextmanager
+def recording(gm: nn.Module) -> Iterator[None]:
+    """Rules that need the baseline's activations (DeepLIFT) record them during this run."""
+    calls = [m for m in gm.modules() if isinstance(m, RuleCall)]
+    for c in calls:
+        c.recording = True
+    try:
+        yield
+    finally:
+        for c in calls:
+            c.recording = False
+
+
+def run_graph(gm: nn.Module, args: tuple, kwargs: dict[str, Any], x: Tensor) -> Any:
+    """``gm(*args, **kwargs)``; a failure is a ValueError about the input's shape."""
+    try:
+        return gm(*args, **kwargs)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(
+            f"the compiled graph cannot take an input of shape {tuple(x.shape)} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") from e
