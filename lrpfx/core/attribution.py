@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrpfx.core.targets import Target, class_scores, output_seeds
+from lrpfx.core.targets import Target, TargetSpec, output_seeds, select_output
 from lrpfx.rules.base import RuleCall, RuleSet
 
 
@@ -28,8 +28,8 @@ def baseline_of(ruleset: RuleSet, value: Tensor) -> Tensor:
                          f"input's shape {tuple(value.shape)}") from None
 
 def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, Any],
-               explained: str | None, value: Tensor, target: Target, negative: bool
-               ) -> tuple[list[Tensor], Tensor, Tensor]:
+               explained: str | None, value: Tensor, target: Target | TargetSpec,
+               negative: bool) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
     """Integrated gradients: Gauss–Legendre nodes on [0, 1], path points batched."""
     import numpy as np
 
@@ -41,9 +41,11 @@ def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, A
     weights = torch.as_tensor(weights / 2, dtype=value.dtype, device=value.device)
     baseline = baseline_of(ruleset, value)
     delta = value.detach() - baseline
+    spec = target if isinstance(target, TargetSpec) else TargetSpec(target)
     with torch.no_grad():
-        out, seeds, target_t = output_seeds(ruleset, run_graph(gm, args, kwargs, value), target,
-                                            negative)
+        out, seeds, target_t, dead = output_seeds(
+            ruleset, run_graph(gm, args, kwargs, value), spec, negative, batch=value.shape[0],
+            attention_mask=kwargs.get("attention_mask"))
     b = value.shape[0]
     total = [torch.zeros_like(value) for _ in seeds]
     for start in range(0, steps, per):
@@ -56,13 +58,13 @@ def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, A
         p_args, p_kwargs = with_value(
             tuple(v.repeat(k, *[1] * (v.dim() - 1)) for v in args), rest, explained, path)
         with torch.enable_grad():
-            logits = class_scores(run_graph(gm, p_args, p_kwargs, value))
+            logits = select_output(run_graph(gm, p_args, p_kwargs, value), spec.output)
             for i, seed in enumerate(seeds):
-                (g,) = torch.autograd.grad(logits, path, seed.repeat(k, 1),
+                (g,) = torch.autograd.grad(logits, path, seed.repeat(k, *[1] * (seed.dim() - 1)),
                                            retain_graph=i + 1 < len(seeds))
                 w = weights[start:start + per].reshape(-1, *[1] * value.dim())
                 total[i] += (g.reshape(k, *value.shape) * w).sum(0)
-    return [delta * t for t in total], out, target_t
+    return [delta * t for t in total], out, target_t, dead
 
 
 def with_value(args: tuple, kwargs: dict[str, Any], explained: str | None, value: Tensor

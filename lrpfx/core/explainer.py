@@ -18,8 +18,12 @@ from lrpfx.core.graph_cache import GraphCache, low_precision, to32
 from lrpfx.core.report import CoverageReport
 from lrpfx.core.taps import with_taps
 from lrpfx.core.targets import (
+    Output,
     Target,
+    TargetSpec,
     check_input,
+    check_maps,
+    check_token_ids,
     class_scores,
     output_seeds,
     resolve_target,
@@ -103,6 +107,9 @@ class Explainer(nn.Module):
         contrastive: bool | None = None,
         normalize: bool = True,
         at: Sequence[str] | None = None,
+        region: Tensor | None = None,
+        position: int | Tensor | None = None,
+        output: Output = None,
         **inputs: Any,
     ) -> Tensor | dict[str, Tensor]:
         """Relevance of each element of ``x`` (or of each token) for the target.
@@ -116,7 +123,9 @@ class Explainer(nn.Module):
             None (the predicted class), an int (the same class for every example), a LongTensor
             of shape ``(B,)``, or a callable ``f(model_output) -> Tensor (B,)`` scoring each
             example (e.g. the cosine similarity of a sentence embedding with a reference); the
-            output relevance is then ``output ⊙ ∂f/∂output``.
+            output relevance is then ``output ⊙ ∂f/∂output``. For dense outputs
+            ``(B, C, H, W)`` a class is explained summed over a region, for sequence outputs
+            ``(B, T, V)`` at one position (see :mod:`lrpfx.core.targets`, ``docs/targets.md``).
         contrastive
             Class targets (default True): the reference's contrastive map, positive minus
             negative (DESIGN.md §4.2), each example scaled to ``max|R| = 1``. False: the map from
@@ -131,6 +140,17 @@ class Explainer(nn.Module):
             Also return relevance at these graph positions, from the same backward pass: module
             paths of the model (``"layer3"``: relevance at that module's output) or node names
             of :attr:`graph_module`. Each map is scaled like the input's.
+        region
+            Dense or sequence outputs: a mask ``(B, H, W)`` / ``(B, T)`` (or non-negative
+            weights) of the output positions the target class is summed over. Default for
+            dense outputs: the positions predicted as the target.
+        position
+            Sequence outputs: the position explained, an int or a LongTensor ``(B,)``. Default:
+            the last non-padding position (from ``attention_mask``), else the last.
+        output
+            Which of the model's outputs to explain: a field name (``"logits"``, ``"out"``), a
+            tuple index, or a callable ``f(model_output) -> Tensor``. Default: the tensor
+            itself, else ``"logits"``, else ``"out"``, else a tuple's first tensor.
         **inputs
             Further model inputs by keyword (``input_ids``, ``attention_mask``, ...).
 
@@ -141,6 +161,9 @@ class Explainer(nn.Module):
             token embeddings summed over the hidden dimension. With ``at``: a dict with the
             input's map under ``"input"`` and one map per requested position.
         """
+        for name, flag in (("contrastive", contrastive), ("normalize", normalize)):
+            if flag is not None and not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         if callable(target) and not isinstance(target, Tensor):
             if contrastive:
                 raise ValueError("a callable target gives a positive map only; "
@@ -148,7 +171,7 @@ class Explainer(nn.Module):
             contrastive = False
         contrastive = True if contrastive is None else contrastive
         parts = self.explain_parts(x, target, negative=contrastive, normalize=normalize, at=at,
-                                   **inputs)
+                                   region=region, position=position, output=output, **inputs)
         result = parts.contrastive if contrastive else parts.positive
         if at is None:
             return result
@@ -157,12 +180,14 @@ class Explainer(nn.Module):
 
     def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
                       negative: bool = True, normalize: bool = True,
-                      at: Sequence[str] | None = None, **inputs: Any) -> Explanation:
+                      at: Sequence[str] | None = None, region: Tensor | None = None,
+                      position: int | Tensor | None = None, output: Output = None,
+                      **inputs: Any) -> Explanation:
         """Everything :meth:`explain` computes, from one forward pass.
 
         Parameters
         ----------
-        x, target, normalize, at, inputs
+        x, target, normalize, at, region, position, output, inputs
             As in :meth:`explain`.
         negative
             Also run the backward pass from the uniform non-target seed (needed for the
@@ -193,6 +218,10 @@ class Explainer(nn.Module):
         else:
             taps = {}
         probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
+        for p in probes:
+            check_token_ids(value, len(p.weight))  # type: ignore[arg-type]
+        spec = TargetSpec(target, region, position, output)
+        mask = kwargs.get("attention_mask")
         mode = self.ruleset.attribution
         if mode in ("baseline", "integral") and probes:
             raise ValueError(f"rule set {self.ruleset.name!r} needs a floating-point input "
@@ -200,8 +229,8 @@ class Explainer(nn.Module):
         if mode == "integral":
             if at:
                 raise ValueError("integrated_gradients has no relevance at inner nodes (at=)")
-            maps, out, target_t = integrated(self.ruleset, gm, args, kwargs, explained, value,
-                                             target, negative)
+            maps, out, target_t, dead = integrated(self.ruleset, gm, args, kwargs, explained,
+                                                   value, spec, negative)
             inner: list[dict[str, Tensor]] = [{} for _ in maps]
         else:
             baseline = None
@@ -215,7 +244,9 @@ class Explainer(nn.Module):
                     leaves.append(leaf)
                     args, kwargs = with_value(args, kwargs, explained, leaf)
                 raw = run_graph(gm, args, kwargs, value)
-                out, seeds, target_t = output_seeds(self.ruleset, raw, target, negative)
+                out, seeds, target_t, dead = output_seeds(
+                    self.ruleset, raw, spec, negative, batch=value.shape[0],
+                    attention_mask=mask if isinstance(mask, Tensor) else None)
                 maps, inner = [], []
                 for i, seed in enumerate(seeds):
                     grads = torch.autograd.grad(out, [*leaves, *(t for _, t in tapped)], seed,
@@ -234,6 +265,8 @@ class Explainer(nn.Module):
                     inner.append({name: (t.detach() * g if g is not None
                                          else torch.zeros_like(t))
                                   for (name, t), g in zip(tapped, gt)})
+
+        check_maps(maps, value, dead)  # no NaN leaves lrpfx; no silent all-zero map
 
         def parts(pos: Tensor, neg: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
             if normalize:

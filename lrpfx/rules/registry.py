@@ -4,6 +4,7 @@ rule sets here; :func:`get_ruleset` builds a rule set with options."""
 from __future__ import annotations
 
 from dataclasses import replace
+from numbers import Integral, Real
 from typing import Any
 
 from lrpfx.rules.base import RuleSet, RuleSpec
@@ -36,10 +37,16 @@ def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
       with ``torch.autograd.grad`` on the live graph); needed for its ViT maps and for residual
       models whose branches are not zero at init. See :mod:`lrpfx.passes.merge_gradient`.
 
+    Each option's value must have its default's kind: ``True``/``False`` where the default is a
+    bool (``max_pool_divide="no"`` would otherwise read as true), an integer where it is an
+    int, a real number where it is a float; other options are checked by the rule set.
+
     Raises
     ------
     ValueError
         Unknown rule set or option.
+    TypeError
+        An option value of the wrong kind.
     """
     import lrpfx.rules  # noqa: F401  (registers every op family)
 
@@ -56,6 +63,8 @@ def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
     if unknown:
         raise ValueError(f"rule set {base.name!r} has no option(s) {sorted(unknown)}; "
                          f"options: {sorted(base.options)}")
+    for key, value in options.items():
+        check_option(base.name, key, value, base.options[key])
     if not options:
         return base
     if base.build is not None:
@@ -70,3 +79,19 @@ def get_ruleset(name: str | RuleSet, **options: Any) -> RuleSet:
 
     return replace(base, specs=configured(base.specs), first=configured(base.first),
                    merge=configured(base.merge), options=merged)
+
+
+def check_option(ruleset: str, key: str, value: Any, default: Any) -> None:
+    """Raise TypeError unless ``value`` is of the kind of the option's ``default`` (bool, int,
+    real; no check for other defaults such as None)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, Integral):
+        ok, kind = isinstance(value, Integral) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, Real):
+        ok, kind = isinstance(value, Real) and not isinstance(value, bool), "a number"
+    else:
+        return
+    if not ok:
+        raise TypeError(f"option {key!r} of rule set {ruleset!r} must be {kind}, "
+                        f"got {value!r}")
