@@ -563,8 +563,9 @@ def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) ->
         warnings.warn(
             f"the relevance map of examples {_indices(zero)} is all zero: the relevance "
             f"vanished in the backward pass, which happens where activations are far below "
-            f"the stabiliser {EPS:g} of R / (|z| + {EPS:g}){hint}, or the target does not "
-            "depend on the input", RuntimeWarning, stacklevel=4)
+            f"the stabiliser {EPS:g} of R / (|z| + {EPS:g}){hint} (float64 keeps them: "
+            "explainer.double() with a float64 input), or the target does not depend on the "
+            "input", RuntimeWarning, stacklevel=4)
 
 
 def _indices(mask: Tensor) -> list[int]:
