@@ -63,19 +63,22 @@ def compiled() -> dict[str, tuple[lrpfx.Explainer, tuple[int, ...]]]:
 # ----------------------------------------------------------------------------- item 8
 
 
-@settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(["mlp", "bias_free", "cnn_bn", "attention"]),
-       exponent=st.floats(-30, 30), spread=st.floats(0, 10), seed=st.integers(0, 2**31 - 1),
+@pytest.mark.parametrize("name", ["mlp", "bias_free", "cnn_bn", "attention"])
+@settings(max_examples=25, deadline=None)
+@given(exponent=st.one_of(st.sampled_from([-39.0, -30.0, -20.0, 20.0, 30.0]),
+                          st.floats(-30, 30)),
+       spread=st.one_of(st.just(0.0), st.floats(0, 10)), seed=st.integers(0, 2**31 - 1),
        contrastive=st.booleans())
 def test_any_finite_input_gives_a_finite_map_or_a_value_error(
         compiled, name: str, exponent: float, spread: float, seed: int,  # noqa: ANN001
         contrastive: bool) -> None:
-    """Random finite inputs of scale 1e-30 … 1e30 (each element spread over a further ±spread
-    decades): the map is finite, or explain raises ValueError; never NaN."""
+    """Random finite inputs of scale 1e-30 … 1e30 and 1e-39 (each element spread over a further
+    ±spread decades, down to float32's subnormals): the map is finite, or explain raises
+    ValueError; never NaN."""
     ex, shape = compiled[name]
     g = torch.Generator().manual_seed(seed)
     decades = exponent + spread * (2 * torch.rand(shape, generator=g) - 1)
-    x = torch.randn(shape, generator=g) * 10 ** decades.clamp(-37, 37)
+    x = torch.randn(shape, generator=g) * 10 ** decades.clamp(-40, 37)
     assert torch.isfinite(x).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-zero maps warn: allowed here
@@ -87,11 +90,11 @@ def test_any_finite_input_gives_a_finite_map_or_a_value_error(
     assert torch.isfinite(r).all()
 
 
-@pytest.mark.parametrize("scale", [1e-39, 1e-30, 1e-20])
+@pytest.mark.parametrize("scale", [1e-39, 1e-30])
 def test_tiny_inputs_warn_instead_of_nan_or_silent_zeros(scale: float) -> None:
-    """A bias-free net at ×1e-39 (the output seed 1/out overflowed: NaN) and ×1e-20 (relevance
-    vanishes under the absolute stabiliser): a finite map and a warning that says why; float64
-    keeps the map."""
+    """A bias-free net at ×1e-39 (the output seed 1/out overflowed: NaN) and ×1e-30 (relevance
+    shrinks by |z|/1e-9 at each layer under the absolute stabiliser and underflows float32): a
+    finite map and a warning that says why; float64 keeps the map."""
     model = _bias_free()
     x = torch.randn(2, 3, 8, 8) * scale
     ex = lrpfx.compile(model)
@@ -104,6 +107,19 @@ def test_tiny_inputs_warn_instead_of_nan_or_silent_zeros(scale: float) -> None:
     assert torch.isfinite(r64).all() and (r64.flatten(1).abs().amax(1) > 0).all()
 
 
+def test_stabiliser_dominated_input_keeps_its_map_in_float32() -> None:
+    """×1e-20 (all zeros before): the large output seed carries the relevance through; the map
+    is float64's (the stabiliser-dominated map, which differs from the ×1 map by design)."""
+    model = _bias_free()
+    x = torch.randn(2, 3, 8, 8) * 1e-20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = lrpfx.compile(model).explain(x)
+        r64 = lrpfx.compile(model.double()).explain(x.double())
+    cos = nn.functional.cosine_similarity(r.double().flatten(1), r64.flatten(1))
+    assert (cos > 1 - 1e-5).all()
+
+
 def test_relevance_seed_overflow_is_rescaled_per_example() -> None:
     out = torch.tensor([[2.0, -0.5, 1e-3], [1e-40, -3e-40, 0.0]])  # second: subnormal float32
     seed = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 1.0]])
@@ -113,7 +129,7 @@ def test_relevance_seed_overflow_is_rescaled_per_example() -> None:
     # out ⊙ G ∝ seed (0 where out is 0): the ratio is one positive number per example
     r = out[1].double() * g[1].double()
     assert torch.allclose(r[:2] / r[:2].sum(), seed[1, :2].double() / seed[1, :2].sum())
-    assert r[2] == 0 and g[1].abs().max() == 1
+    assert r[2] == 0 and g[1].abs().max() == torch.finfo(torch.float32).max ** 0.75
 
 
 def test_zero_target_logit_warns_once_with_the_reason() -> None:

@@ -441,20 +441,23 @@ def _batch_of(raw: Any) -> int:
 def relevance_seed(seed: Tensor, out: Tensor) -> Tensor:
     """``G_out`` with ``out ⊙ G_out = seed`` (0 where ``out`` is 0).
 
-    Where an example's outputs are so small that ``seed / out`` would come near overflow (an
-    input scaled by 1e-39 on a bias-free network), its ``G_out`` is computed in float64 and
-    scaled to ``max|G_out| = 1``: every rule is linear in ``G`` and maps are normalised per
-    example, so only the map's arbitrary raw scale changes, never its normalised values.
+    Where an example's outputs are so small that ``seed / out`` overflows (an input scaled by
+    1e-39 on a bias-free network), its ``G_out`` is computed in float64 and scaled down to
+    ``max|G_out| = finfo.max ** 0.75``: every rule is linear in ``G`` and maps are normalised
+    per example, so only the map's arbitrary raw scale changes, never its normalised values.
+    Large ``G`` is kept as it is: it is what carries relevance through activations far below
+    the stabiliser.
     """
     zero = torch.zeros_like(out)
     g = torch.where(out != 0, seed / out, zero)
-    limit = torch.finfo(out.dtype).max ** 0.5
-    large = ~(g.abs().reshape(g.shape[0], -1).amax(1) <= limit)
+    finfo = torch.finfo(out.dtype)
+    # a margin for the sums over fan-out in the first backward ops
+    large = ~(g.abs().reshape(g.shape[0], -1).amax(1) <= finfo.max / 2**16)
     if not large.any():
         return g
     g64 = torch.where(out != 0, seed.double() / out.double(), zero.double())
     top = g64.abs().reshape(g.shape[0], -1).amax(1).reshape(-1, *[1] * (g.dim() - 1))
-    rescaled = (g64 / top).to(out.dtype)
+    rescaled = (g64 * (finfo.max ** 0.75 / top)).to(out.dtype)
     return torch.where(large.reshape(-1, *[1] * (g.dim() - 1)), rescaled, g)
 
 
