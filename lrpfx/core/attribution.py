@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrpfx.core.targets import Target, TargetSpec, output_seeds, select_output
+from lrpfx.core.targets import (
+    Target,
+    TargetSpec,
+    callable_scores,
+    output_seeds,
+    select_output,
+)
 from lrpfx.rules.base import RuleCall, RuleSet
 
 
@@ -42,9 +48,12 @@ def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, A
     baseline = baseline_of(ruleset, value)
     delta = value.detach() - baseline
     spec = target if isinstance(target, TargetSpec) else TargetSpec(target)
-    with torch.no_grad():
+    fn = spec.target if callable(spec.target) and not isinstance(spec.target, Tensor) else None
+    # a callable target's score is checked to depend on the output: it needs autograd here
+    with torch.no_grad() if fn is None else torch.enable_grad():
+        first = with_value(args, kwargs, explained, value.detach().requires_grad_(fn is not None))
         out, seeds, target_t, dead = output_seeds(
-            ruleset, run_graph(gm, args, kwargs, value), spec, negative, batch=value.shape[0],
+            ruleset, run_graph(gm, *first, value), spec, negative, batch=value.shape[0],
             attention_mask=kwargs.get("attention_mask"))
     b = value.shape[0]
     total = [torch.zeros_like(value) for _ in seeds]
@@ -58,7 +67,12 @@ def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, A
         p_args, p_kwargs = with_value(
             tuple(v.repeat(k, *[1] * (v.dim() - 1)) for v in args), rest, explained, path)
         with torch.enable_grad():
-            logits = select_output(run_graph(gm, p_args, p_kwargs, value), spec.output)
+            raw = run_graph(gm, p_args, p_kwargs, value)
+            if fn is None:
+                logits = select_output(raw, spec.output)
+            else:
+                logits = callable_scores(fn, raw if spec.output is None
+                                         else select_output(raw, spec.output), k * b)
             for i, seed in enumerate(seeds):
                 (g,) = torch.autograd.grad(logits, path, seed.repeat(k, *[1] * (seed.dim() - 1)),
                                            retain_graph=i + 1 < len(seeds))
