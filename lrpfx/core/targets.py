@@ -559,16 +559,14 @@ def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) ->
     if dead is not None:
         zero &= ~dead.to(zero.device)
     if zero.any():
-        scale = x.detach().abs().amax().item() if x.is_floating_point() else None
-        hint = (f" (the input's largest magnitude is {scale:.1e}; absLRP's maps of a "
-                "bias-free network do not change when the input is scaled up)"
-                if scale is not None else "")
+        scale = (f" (the input's largest magnitude is {x.detach().abs().amax().item():.1e})"
+                 if x.is_floating_point() else "")
         warnings.warn(
-            f"the relevance map of examples {_indices(zero)} is all zero: the relevance "
-            f"vanished in the backward pass, which happens where activations are far below "
-            f"the stabiliser {EPS:g} of R / (|z| + {EPS:g}){hint} (float64 keeps them: "
-            "explainer.double() with a float64 input), or the target does not depend on the "
-            "input", RuntimeWarning, stacklevel=4)
+            f"the relevance map of examples {_indices(zero)} is all zero: their target does not "
+            "depend on the input (every path blocked, e.g. by inactive ReLUs), or the relevance "
+            f"vanished under the stabiliser {EPS:g} of R / (|z| + {EPS:g}), as for inputs near "
+            f"1e-30{scale}; float64 keeps such maps: explainer.double() with a float64 input",
+            RuntimeWarning, stacklevel=4)
 
 
 def _indices(mask: Tensor) -> list[int]:
