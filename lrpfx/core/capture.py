@@ -147,6 +147,19 @@ def _positional_names(model: nn.Module, n: int) -> list[str]:
     return _parameters(model)[:n]
 
 
+def keyword_only_input(model: nn.Module) -> str | None:
+    """The name of the model's first input when its forward takes keyword-only inputs alone
+    (``forward(self, *, x)``): a positional input given to lrpfx is passed by that name."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+           for p in params):
+        return None
+    return next((p.name for p in params if p.kind == p.KEYWORD_ONLY), None)
+
+
 def capture_symbolic_trace(model: nn.Module) -> fx.GraphModule:
     """Capture with ``torch.fx.symbolic_trace``."""
     try:

@@ -12,7 +12,7 @@ from torch import Tensor, fx, nn
 
 from lrpfx.core.attribution import baseline_of, integrated, recording, run_graph, with_value
 from lrpfx.core.audit import AuditReport, Recorder
-from lrpfx.core.capture import FRONTENDS, call_kwargs
+from lrpfx.core.capture import FRONTENDS, call_kwargs, keyword_only_input
 from lrpfx.core.graph_cache import GraphCache, low_precision, snapshot, to32
 from lrpfx.core.report import CoverageReport
 from lrpfx.core.taps import armed, with_taps
@@ -74,7 +74,11 @@ class Explainer(nn.Module):
         else:
             args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
                 else (example_inputs,)
-            self.cache.graph_for(args, {})
+            name = keyword_only_input(model)
+            if name is not None and len(args) == 1:
+                self.cache.graph_for((), {name: args[0]}, name)
+            else:
+                self.cache.graph_for(args, {})
 
     @property
     def ruleset(self) -> RuleSet:
@@ -187,6 +191,9 @@ class Explainer(nn.Module):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("explain runs a backward pass, which torch.inference_mode() "
                                "forbids: call it outside inference_mode (no_grad is fine)")
+        name = keyword_only_input(self._model)
+        if x is not None and name is not None:  # forward(self, *, x): x goes by its name
+            x, inputs = None, {name: x, **inputs}
         args, kwargs, explained = _explained_call(x, inputs)
         # tensors made under inference_mode cannot be saved for backward: plain copies
         args = tuple(_usable(a) for a in args)

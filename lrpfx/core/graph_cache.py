@@ -92,10 +92,10 @@ class GraphCache(nn.Module):
         self._last: str | None = None
         self._count = 0
         self._lock = threading.RLock()
-        self.__dict__["_shared"] = SharedTensors(self._model)
+        self._conversions: list[Callable[[Tensor], Tensor]] = []
+        self.__dict__["_shared"] = SharedTensors(self._model, self._conversions)
         self.__dict__["_f32"] = {}  # graph name -> its float32 copy
         self.__dict__["_f32_tensors"] = {}  # id -> (tensor, its float32 version), for all copies
-        self._conversions: list[Callable[[Tensor], Tensor]] = []
         if self.frontend in ("fx", "symbolic_trace"):
             gm = self._model if self.frontend == "fx" else capture_symbolic_trace(self._model)
             self._install(_ANY, gm)
@@ -154,12 +154,11 @@ class GraphCache(nn.Module):
         except Exception as e:  # noqa: BLE001 - whatever the model raises, the input is at fault
             shapes = ", ".join(str(tuple(a.shape)) for a in (*args, *kwargs.values())
                                if isinstance(a, Tensor))
-            taken = sorted({str(k[1:]) for k in self._keys if k != _ANY})
+            taken = sorted({_describe(k[1:]) for k in self._keys if k != _ANY})
             raise ValueError(
                 f"{type(self._model).__name__} cannot take an input of shape {shapes}: "
                 f"{first_line(e)}"
-                + (f"\nSignatures it has taken (shapes without the batch size): "
-                   f"{'; '.join(taken)}" if taken else "")) from e
+                + (f"\nInputs it has taken: {'; '.join(taken)}" if taken else "")) from e
 
     # ----------------------------------------------------------------------------- building
 
@@ -273,6 +272,14 @@ class GraphCache(nn.Module):
         self._fresh()
         if converted is not None:
             self._apply(_Convert(*converted))
+
+
+def _describe(sig: tuple) -> str:
+    """A signature as the user wrote the call: ``(B, 3, 32, 32)``, ``mask=(B, 16)``."""
+    def one(v: tuple) -> str:
+        return "(B, " + ", ".join(map(str, v[1])) + ")" if v[0] == "T" else v[1]
+
+    return ", ".join(one(v) if v[0] in ("T", "V") else f"{v[0]}={one(v[1])}" for v in sig)
 
 
 class _Convert:

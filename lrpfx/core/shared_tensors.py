@@ -11,6 +11,7 @@ derived parameters are computed once per (rule, constants, static arguments).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,9 +28,14 @@ class SharedTensors:
     snapshot
         The explainer's private copy of the model. Its tensors are never modified, so graphs may
         alias them (they never alias the user's model).
+    conversions
+        The dtype/device conversions applied to the explainer so far (a list the owner extends):
+        constants met later get them too.
     """
 
-    def __init__(self, snapshot: nn.Module) -> None:
+    def __init__(self, snapshot: nn.Module, conversions: list[Callable[[Tensor], Tensor]]
+                 ) -> None:
+        self.conversions = conversions
         self._owned = {t.untyped_storage().data_ptr()
                        for t in (*snapshot.parameters(), *snapshot.buffers())}
         self.tensors: dict[tuple, Tensor] = {}
@@ -51,7 +57,10 @@ class SharedTensors:
         """The shared tensor equal to ``t`` (``t`` itself, detached, the first time)."""
         key = self.key(t)
         if key not in self.tensors:
-            self.tensors[key] = t.detach() if key[0] == "view" else t.detach().clone()
+            value = t.detach() if key[0] == "view" else t.detach().clone()
+            for fn in self.conversions:
+                value = fn(value)
+            self.tensors[key] = value
         return self.tensors[key]
 
     def adopt(self, call: RuleCall, sources: dict[str, Tensor | None]) -> None:
@@ -69,7 +78,7 @@ class SharedTensors:
             return
         key = (id(call.spec), tuple(keys), repr(sorted(call.static.items())),
                tuple(sorted(call.nonneg)), call.relevant, call.runtime)
-        if key not in self.derived:
+        if key not in self.derived:  # from constants converted already
             self._keep.append(call.spec)
             self.derived[key] = {k: v.detach() for k, v in derive(call).items()}
         for k, v in self.derived[key].items():
