@@ -11,6 +11,7 @@ map), so its per-node ratios are rule-specific scale factors, not leaks.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -67,13 +68,15 @@ class AuditReport:
 
 
 class Recorder:
-    """Records relevance at every :class:`RuleCall` that runs while it is active (a context
-    manager; global module hooks, so graphs compiled inside it are seen too)."""
+    """Records relevance at every :class:`RuleCall` that runs in this thread while it is active
+    (a context manager; global module hooks, so graphs compiled inside it are seen too; calls
+    made by other threads meanwhile are not recorded)."""
 
     def __init__(self) -> None:
         self.records: dict[RuleCall, dict[str, Tensor]] = {}
         self.order: list[RuleCall] = []
         self._handles: list = []
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> Recorder:
         from torch.nn.modules.module import (
@@ -81,11 +84,14 @@ class Recorder:
             register_module_forward_pre_hook,
         )
 
+        self._thread = threading.get_ident()
+
         def pre(module: nn.Module, inputs: tuple) -> tuple | None:
-            return self._pre(module, inputs) if isinstance(module, RuleCall) else None
+            mine = isinstance(module, RuleCall) and threading.get_ident() == self._thread
+            return self._pre(module, inputs) if mine else None
 
         def post(module: nn.Module, inputs: tuple, out: object) -> None:
-            if isinstance(module, RuleCall):
+            if isinstance(module, RuleCall) and threading.get_ident() == self._thread:
                 self._post(module, inputs, out)
 
         self._handles = [register_module_forward_pre_hook(pre),

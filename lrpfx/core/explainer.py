@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -13,10 +12,10 @@ from torch import Tensor, fx, nn
 
 from lrpfx.core.attribution import baseline_of, integrated, recording, run_graph, with_value
 from lrpfx.core.audit import AuditReport, Recorder
-from lrpfx.core.capture import FRONTENDS, call_kwargs
-from lrpfx.core.graph_cache import GraphCache, low_precision, to32
+from lrpfx.core.capture import FRONTENDS, call_kwargs, keyword_only_input
+from lrpfx.core.graph_cache import GraphCache, low_precision, snapshot, to32
 from lrpfx.core.report import CoverageReport
-from lrpfx.core.taps import with_taps
+from lrpfx.core.taps import armed, with_taps
 from lrpfx.core.targets import (
     Output,
     Target,
@@ -37,7 +36,8 @@ class Explainer(nn.Module):
     """A model compiled for relevance propagation. Build it with :func:`lrpfx.compile`.
 
     Calling it runs the model's forward (same values). :meth:`explain` returns relevance maps.
-    The user's model is never modified: the captured graph owns copies of every tensor it uses.
+    The user's model is never modified, nor read after compilation: the explainer keeps its own
+    eval-mode snapshot of the model, taken here, and captures every graph from it.
     """
 
     def __init__(
@@ -47,13 +47,14 @@ class Explainer(nn.Module):
         rule: str | RuleSet = "abslrp",
         strict: bool = True,
         frontend: str = "export",
-        example_inputs: tuple | Tensor | Mapping[str, Any] | None = None,
+        example_inputs: tuple | list | Tensor | Mapping[str, Any] | None = None,
+        cache_size: int = 8,
         **rule_options: Any,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"lrpfx.compile expects a torch.nn.Module, got {type(model).__name__}")
-        self.ruleset = get_ruleset(rule, **rule_options)
+        ruleset = get_ruleset(rule, **rule_options)
         self.strict = strict
         if isinstance(model, fx.GraphModule) and frontend == "export":
             frontend = "fx"
@@ -64,18 +65,29 @@ class Explainer(nn.Module):
             warnings.warn(
                 f"{type(model).__name__} is in training mode; lrpfx explains it as in eval mode "
                 "(on a copy: your model's mode is left as it is).", stacklevel=3)
-            model = copy.deepcopy(model).eval()
-        # not registered as a submodule: .to()/.half() on the explainer must not touch it
-        self.__dict__["_model"] = model
-        self.cache = GraphCache(model, self.ruleset, strict, frontend)
+        # the model's state now, in eval mode; not registered as a submodule: .to()/.half() on
+        # the explainer must not touch it
+        self.__dict__["_model"] = model = snapshot(model)
+        self.cache = GraphCache(model, ruleset, strict, frontend, cache_size,
+                                recipe=(rule, rule_options) if isinstance(rule, str) else None)
         if frontend != "export" or example_inputs is None:
             return
         if isinstance(example_inputs, Mapping):
             self.cache.graph_for((), call_kwargs(model, example_inputs),
                                  _explained_name(dict(example_inputs)))
         else:
-            args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-            self.cache.graph_for(args, {})
+            args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
+                else (example_inputs,)
+            name = keyword_only_input(model)
+            if name is not None and len(args) == 1:
+                self.cache.graph_for((), {name: args[0]}, name)
+            else:
+                self.cache.graph_for(args, {})
+
+    @property
+    def ruleset(self) -> RuleSet:
+        """The rule set the graphs are compiled with."""
+        return self.cache.ruleset
 
     @property
     def graphs(self) -> nn.ModuleDict:
@@ -106,7 +118,7 @@ class Explainer(nn.Module):
         *,
         contrastive: bool | None = None,
         normalize: bool = True,
-        at: Sequence[str] | None = None,
+        at: str | Sequence[str] | None = None,
         region: Tensor | None = None,
         position: int | Tensor | None = None,
         output: Output = None,
@@ -139,7 +151,7 @@ class Explainer(nn.Module):
         at
             Also return relevance at these graph positions, from the same backward pass: module
             paths of the model (``"layer3"``: relevance at that module's output) or node names
-            of :attr:`graph_module`. Each map is scaled like the input's.
+            of :attr:`graph_module`; one name or several. Each map is scaled like the input's.
         region
             Dense or sequence outputs: a mask ``(B, H, W)`` / ``(B, T)`` (or non-negative
             weights) of the output positions the target class is summed over. Default for
@@ -180,7 +192,7 @@ class Explainer(nn.Module):
 
     def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
                       negative: bool = True, normalize: bool = True,
-                      at: Sequence[str] | None = None, region: Tensor | None = None,
+                      at: str | Sequence[str] | None = None, region: Tensor | None = None,
                       position: int | Tensor | None = None, output: Output = None,
                       **inputs: Any) -> Explanation:
         """Everything :meth:`explain` computes, from one forward pass.
@@ -201,8 +213,16 @@ class Explainer(nn.Module):
             the model's ``logits`` (or raw output for a callable target), ``target``, and the
             maps at the ``at`` positions.
         """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("explain runs a backward pass, which torch.inference_mode() "
+                               "forbids: call it outside inference_mode (no_grad is fine)")
+        name = keyword_only_input(self._model)
+        if x is not None and name is not None:  # forward(self, *, x): x goes by its name
+            x, inputs = None, {name: x, **inputs}
         args, kwargs, explained = _explained_call(x, inputs)
-        kwargs = call_kwargs(self._model, kwargs)
+        # tensors made under inference_mode cannot be saved for backward: plain copies
+        args = tuple(_usable(a) for a in args)
+        kwargs = {k: _usable(v) for k, v in call_kwargs(self._model, kwargs).items()}
         value = args[0] if args else kwargs[explained]
         check_input(value, text=not args and not value.is_floating_point())
         gm = self.cache.graph_for(args, kwargs, explained)
@@ -214,7 +234,7 @@ class Explainer(nn.Module):
             kwargs = {k: to32(v) for k, v in kwargs.items()}
             value = args[0] if args else kwargs[explained]
         if at is not None:
-            gm, taps = with_taps(gm, tuple(at))
+            gm, taps = with_taps(gm, (at,) if isinstance(at, str) else tuple(at))
         else:
             taps = {}
         probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
@@ -234,11 +254,15 @@ class Explainer(nn.Module):
             inner: list[dict[str, Tensor]] = [{} for _ in maps]
         else:
             baseline = None
-            if mode == "baseline":
-                baseline = baseline_of(self.ruleset, value)
-                with torch.no_grad(), recording(gm):
-                    run_graph(gm, *with_value(args, kwargs, explained, baseline), value)
-            with torch.enable_grad(), _armed(probes) as leaves, _armed(taps.values()) as tapped:
+            # the baseline's activations are recorded on the graph's modules: one such call at
+            # a time
+            serial = self.cache.lock if mode == "baseline" else contextlib.nullcontext()
+            with serial, torch.enable_grad(), armed(probes) as leaves, \
+                    armed(taps.values()) as tapped:
+                if mode == "baseline":
+                    baseline = baseline_of(self.ruleset, value)
+                    with torch.no_grad(), recording(gm):
+                        run_graph(gm, *with_value(args, kwargs, explained, baseline), value)
                 if not probes:
                     leaf = value.detach().requires_grad_(True)
                     leaves.append(leaf)
@@ -330,16 +354,8 @@ class NodeMaps(NamedTuple):
     contrastive: Tensor | None
 
 
-@contextmanager
-def _armed(probes: Iterable[nn.Module]) -> Iterator[list[Tensor]]:
-    leaves: list[Tensor] = []
-    for p in probes:
-        p.armed = leaves
-    try:
-        yield leaves
-    finally:
-        for p in probes:
-            p.armed = None
+def _usable(v: Any) -> Any:
+    return v.clone() if isinstance(v, Tensor) and v.is_inference() else v
 
 
 def _explained_call(x: Tensor | None, inputs: dict[str, Any]

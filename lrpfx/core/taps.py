@@ -4,9 +4,37 @@ whose outputs, while armed, are collected so the backward pass also yields ``G``
 from __future__ import annotations
 
 import copy
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor, fx, nn
+
+# which modules collect their outputs, and where: per thread (per context), so that two threads
+# explaining with the same graph never see each other's tensors
+_SINKS: ContextVar[Mapping[int, list]] = ContextVar("lrpfx_sinks", default=MappingProxyType({}))
+_BUILD = threading.Lock()
+
+
+def sink(module: nn.Module) -> list | None:
+    """The list ``module`` appends its output to in this call (None: not armed)."""
+    return _SINKS.get().get(id(module))
+
+
+@contextmanager
+def armed(modules: Iterable[nn.Module]) -> Iterator[list]:
+    """Arm ``modules`` (taps, relevance sources) for the calls made inside, in this thread only;
+    yields the list they append to."""
+    collected: list = []
+    token = _SINKS.set({**_SINKS.get(), **{id(m): collected for m in modules}})
+    try:
+        yield collected
+    finally:
+        _SINKS.reset(token)
+
 
 
 class Tap(nn.Module):
@@ -16,21 +44,26 @@ class Tap(nn.Module):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.armed: list[tuple[str, Tensor]] | None = None
 
     def forward(self, t: Tensor) -> Tensor:
-        if self.armed is None:
+        collected = sink(self)
+        if collected is None:
             return t
         out = t.view_as(t)
-        self.armed.append((self.name, out))  # in execution order, not request order
+        collected.append((self.name, out))  # in execution order, not request order
         return out
 
 
 def with_taps(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict[str, Tap]]:
     """A copy of ``gm`` (sharing its modules and tensors) with a tap after each position."""
-    cache = gm.__dict__.setdefault("_lrpfx_taps", {})
-    if names in cache:
+    with _BUILD:
+        cache = gm.__dict__.setdefault("_lrpfx_taps", {})
+        if names not in cache:
+            cache[names] = _build(gm, names)
         return cache[names]
+
+
+def _build(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict[str, Tap]]:
     base = gm.__dict__.get("_unfused", gm)  # fused chains hide their inner positions
     graph = copy.deepcopy(base.graph)
     nodes = {n.name: n for n in graph.nodes}
@@ -49,7 +82,6 @@ def with_taps(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, di
             root[n.target] = _attr(gm, n.target)
     out = fx.GraphModule(root, graph, class_name="LRPGraphModule")
     out.input_relevance = getattr(gm, "input_relevance", False)
-    cache[names] = (out, taps)
     return out, taps
 
 
@@ -77,4 +109,4 @@ def _position(graph: fx.Graph, nodes: dict[str, fx.Node], name: str) -> fx.Node:
     return outputs[-1]
 
 
-__all__ = ["Tap", "with_taps"]
+__all__ = ["Tap", "armed", "sink", "with_taps"]
