@@ -546,16 +546,20 @@ def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) ->
         A map holds NaN or inf.
     """
     b = maps[0].shape[0]
-    for m in maps:
-        bad = ~torch.isfinite(m).reshape(b, -1).all(1)
+    # one pass per map, no temporary: NaN and inf propagate to the extremes
+    extremes = [torch.aminmax(m.detach().reshape(b, -1), dim=1) for m in maps]
+    for m, (lo, hi) in zip(maps, extremes):
+        bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
         if bad.any():
             raise ValueError(
                 f"relevance overflowed for examples {_indices(bad)} (NaN or inf in the "
                 "backward pass): their activations are too large or too small for "
                 f"{m.dtype}; scale the input or explain in float64")
-    zero = maps[0].reshape(b, -1).abs().amax(1) == 0
-    if x.is_floating_point():
-        zero &= x.detach().reshape(b, -1).abs().amax(1) > 0
+    lo, hi = extremes[0]
+    zero = (lo == 0) & (hi == 0)
+    if x.is_floating_point() and zero.any():
+        x_lo, x_hi = torch.aminmax(x.detach().reshape(b, -1), dim=1)
+        zero &= (x_lo != 0) | (x_hi != 0)
     if dead is not None:
         zero &= ~dead.to(zero.device)
     if zero.any():
