@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -35,6 +36,8 @@ class Explainer(nn.Module):
     The user's model is never modified, nor read after compilation: the explainer keeps its own
     eval-mode snapshot of the model, taken here, and captures every graph from it.
     """
+
+    _model: nn.Module  # the snapshot, set through __dict__ (not a submodule)
 
     def __init__(
         self,
@@ -161,11 +164,10 @@ class Explainer(nn.Module):
         contrastive = True if contrastive is None else contrastive
         parts = self.explain_parts(x, target, negative=contrastive, normalize=normalize, at=at,
                                    **inputs)
-        result = parts.contrastive if contrastive else parts.positive
+        result = _chosen(parts, contrastive)
         if at is None:
             return result
-        return {"input": result, **{k: v.contrastive if contrastive else v.positive
-                                    for k, v in parts.at.items()}}
+        return {"input": result, **{k: _chosen(v, contrastive) for k, v in parts.at.items()}}
 
     def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
                       negative: bool = True, normalize: bool = True,
@@ -198,7 +200,7 @@ class Explainer(nn.Module):
         # tensors made under inference_mode cannot be saved for backward: plain copies
         args = tuple(_usable(a) for a in args)
         kwargs = {k: _usable(v) for k, v in call_kwargs(self._model, kwargs).items()}
-        value = args[0] if args else kwargs[explained]
+        value = _explained_value(args, kwargs, explained)
         check_input(value, text=not args and not value.is_floating_point())
         gm = self.cache.graph_for(args, kwargs, explained)
         out_dtype = value.dtype if value.is_floating_point() else None
@@ -207,7 +209,7 @@ class Explainer(nn.Module):
             gm = self.cache.float32(gm)
             args = tuple(to32(a) for a in args)
             kwargs = {k: to32(v) for k, v in kwargs.items()}
-            value = args[0] if args else kwargs[explained]
+            value = _explained_value(args, kwargs, explained)
         if at is not None:
             gm, taps = with_taps(gm, (at,) if isinstance(at, str) else tuple(at))
         else:
@@ -247,13 +249,13 @@ class Explainer(nn.Module):
                                                 allow_unused=True)
                     gl, gt = grads[:len(leaves)], grads[len(leaves):]
                     if mode == "gradient":
-                        r = sum(gl)
+                        r = _total(gl)
                     elif mode == "baseline":
                         r = (leaves[0].detach() - baseline) * gl[0]
                     elif getattr(gm, "input_relevance", False):
-                        r = sum(gl)
+                        r = _total(gl)
                     else:
-                        r = sum(leaf.detach() * g for leaf, g in zip(leaves, gl))
+                        r = _total([leaf.detach() * g for leaf, g in zip(leaves, gl)])
                     maps.append(r.sum(-1) if probes else r)
                     inner.append({name: (t.detach() * g if g is not None
                                          else torch.zeros_like(t))
@@ -265,10 +267,10 @@ class Explainer(nn.Module):
                 con = None if neg is None else unit_max(pos - neg)
             else:
                 con = None if neg is None else pos - neg
-            return cast(pos), cast(neg), cast(con)
+            return cast(pos), None if neg is None else cast(neg), None if con is None else cast(con)
 
-        def cast(t: Tensor | None) -> Tensor | None:  # after the subtraction: it cancels a lot
-            return t if t is None or out_dtype is None else t.to(out_dtype)
+        def cast(t: Tensor) -> Tensor:  # after the subtraction: it cancels a lot
+            return t if out_dtype is None else t.to(out_dtype)
 
         positive, neg, contrastive = parts(maps[0], maps[1] if negative else None)
         at_maps = {name: NodeMaps(*parts(inner[0][name], inner[1][name] if negative else None))
@@ -338,10 +340,28 @@ def _explained_name(inputs: Mapping[str, Any]) -> str:
     for name in ("input_ids", "inputs_embeds", "pixel_values", "input_values"):
         if isinstance(inputs.get(name), Tensor):
             return name
-    name = next((k for k, v in inputs.items() if isinstance(v, Tensor)), None)
-    if name is None:
+    first = next((k for k, v in inputs.items() if isinstance(v, Tensor)), None)
+    if first is None:
         raise TypeError("none of the keyword inputs is a tensor")
-    return name
+    return first
+
+
+def _explained_value(args: tuple, kwargs: dict[str, Any], explained: str | None) -> Any:
+    if args:
+        return args[0]
+    assert explained is not None  # _explained_call names the keyword input when args is empty
+    return kwargs[explained]
+
+
+def _total(terms: Sequence[Tensor]) -> Tensor:
+    return functools.reduce(torch.add, terms)
+
+
+def _chosen(maps: Explanation | NodeMaps, contrastive: bool) -> Tensor:
+    if not contrastive:
+        return maps.positive
+    assert maps.contrastive is not None  # explain_parts(negative=True) computes it
+    return maps.contrastive
 
 
 __all__ = ["Explainer", "Explanation", "class_scores", "resolve_target"]
