@@ -13,6 +13,7 @@ from torch import Tensor, fx, nn
 
 from lrpfx.core.attribution import baseline_of, integrated, recording, run_graph, with_value
 from lrpfx.core.audit import AuditReport, Recorder
+from lrpfx.core.calls import explained_call, explained_name, explained_value
 from lrpfx.core.capture import FRONTENDS, call_kwargs, keyword_only_input
 from lrpfx.core.graph_cache import GraphCache, low_precision, snapshot, to32
 from lrpfx.core.report import CoverageReport
@@ -73,7 +74,7 @@ class Explainer(nn.Module):
             return
         if isinstance(example_inputs, Mapping):
             self.cache.graph_for((), call_kwargs(model, example_inputs),
-                                 _explained_name(dict(example_inputs)))
+                                 explained_name(dict(example_inputs)))
         else:
             args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
                 else (example_inputs,)
@@ -193,14 +194,8 @@ class Explainer(nn.Module):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("explain runs a backward pass, which torch.inference_mode() "
                                "forbids: call it outside inference_mode (no_grad is fine)")
-        name = keyword_only_input(self._model)
-        if x is not None and name is not None:  # forward(self, *, x): x goes by its name
-            x, inputs = None, {name: x, **inputs}
-        args, kwargs, explained = _explained_call(x, inputs)
-        # tensors made under inference_mode cannot be saved for backward: plain copies
-        args = tuple(_usable(a) for a in args)
-        kwargs = {k: _usable(v) for k, v in call_kwargs(self._model, kwargs).items()}
-        value = _explained_value(args, kwargs, explained)
+        args, kwargs, explained = explained_call(self._model, x, inputs)
+        value = explained_value(args, kwargs, explained)
         check_input(value, text=not args and not value.is_floating_point())
         gm = self.cache.graph_for(args, kwargs, explained)
         out_dtype = value.dtype if value.is_floating_point() else None
@@ -209,7 +204,7 @@ class Explainer(nn.Module):
             gm = self.cache.float32(gm)
             args = tuple(to32(a) for a in args)
             kwargs = {k: to32(v) for k, v in kwargs.items()}
-            value = _explained_value(args, kwargs, explained)
+            value = explained_value(args, kwargs, explained)
         if at is not None:
             gm, taps = with_taps(gm, (at,) if isinstance(at, str) else tuple(at))
         else:
@@ -303,6 +298,8 @@ class Explainer(nn.Module):
             self.explain_parts(x, target, negative=False, normalize=False, at=(), **inputs)
         return rec.report(self.ruleset.name)
 
+
+
 class Explanation(NamedTuple):
     """The parts of an absLRP explanation (see :meth:`Explainer.explain_parts`)."""
 
@@ -321,36 +318,6 @@ class NodeMaps(NamedTuple):
     positive: Tensor
     negative: Tensor | None
     contrastive: Tensor | None
-
-
-def _usable(v: Any) -> Any:
-    return v.clone() if isinstance(v, Tensor) and v.is_inference() else v
-
-
-def _explained_call(x: Tensor | None, inputs: dict[str, Any]
-                    ) -> tuple[tuple, dict[str, Any], str | None]:
-    if x is not None:
-        return (x,), inputs, None
-    if not inputs:
-        raise TypeError("explain needs an input: explain(x) or explain(input_ids=..., ...)")
-    return (), inputs, _explained_name(inputs)
-
-
-def _explained_name(inputs: Mapping[str, Any]) -> str:
-    for name in ("input_ids", "inputs_embeds", "pixel_values", "input_values"):
-        if isinstance(inputs.get(name), Tensor):
-            return name
-    first = next((k for k, v in inputs.items() if isinstance(v, Tensor)), None)
-    if first is None:
-        raise TypeError("none of the keyword inputs is a tensor")
-    return first
-
-
-def _explained_value(args: tuple, kwargs: dict[str, Any], explained: str | None) -> Any:
-    if args:
-        return args[0]
-    assert explained is not None  # _explained_call names the keyword input when args is empty
-    return kwargs[explained]
 
 
 def _total(terms: Sequence[Tensor]) -> Tensor:
