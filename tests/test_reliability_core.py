@@ -280,3 +280,18 @@ def test_pickle_round_trip(model, how):
     # a new shape after loading: captured from the loaded snapshot, converted like the rest
     y = torch.randn(1, 3, 9, 9, dtype=torch.float64)
     torch.testing.assert_close(loaded.explain(y), explainer.explain(y), rtol=1e-5, atol=1e-7)
+
+
+def test_torch_logs_during_capture_are_collected_not_printed(capfd):
+    import logging
+
+    from lrpfx.core.capture import _quiet_torch_logs
+
+    capfd.readouterr()
+    with _quiet_torch_logs() as lines:
+        logging.getLogger("torch._dynamo").warning("guard failed: s0 > 2")
+        logging.getLogger("torch.fx.experimental.symbolic_shapes").error("constraint violated")
+    assert lines == ["guard failed: s0 > 2", "constraint violated"]
+    assert capfd.readouterr().err == ""
+    logging.getLogger("torch._dynamo").warning("after")  # printed again afterwards
+    assert "after" in capfd.readouterr().err

@@ -42,9 +42,9 @@ def integrated(ruleset: RuleSet, gm: nn.Module, args: tuple, kwargs: dict[str, A
     steps = int(ruleset.options["steps"])
     chunk = ruleset.options.get("internal_batch_size") or steps * value.shape[0]
     per = max(1, chunk // value.shape[0])
-    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    nodes, gauss = np.polynomial.legendre.leggauss(steps)
     alphas = torch.as_tensor((nodes + 1) / 2, dtype=value.dtype, device=value.device)
-    weights = torch.as_tensor(weights / 2, dtype=value.dtype, device=value.device)
+    weights = torch.as_tensor(gauss / 2, dtype=value.dtype, device=value.device)
     baseline = baseline_of(ruleset, value)
     delta = value.detach() - baseline
     spec = target if isinstance(target, TargetSpec) else TargetSpec(target)
@@ -86,6 +86,7 @@ def with_value(args: tuple, kwargs: dict[str, Any], explained: str | None, value
     """The call's inputs with the explained input replaced by ``value``."""
     if args:
         return (value, *args[1:]), kwargs
+    assert explained is not None  # a call without positional inputs names its explained one
     return args, {**kwargs, explained: value}
 
 
@@ -94,12 +95,12 @@ def recording(gm: nn.Module) -> Iterator[None]:
     """Rules that need the baseline's activations (DeepLIFT) record them during this run."""
     calls = [m for m in gm.modules() if isinstance(m, RuleCall)]
     for c in calls:
-        c.recording = True
+        c.__dict__["recording"] = True
     try:
         yield
     finally:
         for c in calls:
-            c.recording = False
+            c.__dict__["recording"] = False
 
 
 def run_graph(gm: nn.Module, args: tuple, kwargs: dict[str, Any], x: Tensor) -> Any:

@@ -12,7 +12,9 @@ map), so its per-node ratios are rule-specific scale factors, not leaks.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +58,7 @@ class AuditReport:
         """Batch means per node, as a plain-text table."""
         header = ("node", "op", "module", "Σ|R_out|", "Σ|R_in|", "lost")
         rows = [(n.node, n.op, n.module or "-", f"{n.out_l1.mean().item():.4g}",
-                 f"{sum(n.in_l1.values()).mean().item():.4g}",
+                 f"{sum(n.in_l1.values(), torch.zeros_like(n.out_l1)).mean().item():.4g}",
                  f"{n.lost.mean().item():+.3f}") for n in self.nodes]
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -87,14 +89,16 @@ class Recorder:
         self._thread = threading.get_ident()
 
         def pre(module: nn.Module, inputs: tuple) -> tuple | None:
-            mine = isinstance(module, RuleCall) and threading.get_ident() == self._thread
-            return self._pre(module, inputs) if mine else None
+            if isinstance(module, RuleCall) and threading.get_ident() == self._thread:
+                return self._pre(module, inputs)
+            return None
 
         def post(module: nn.Module, inputs: tuple, out: object) -> None:
             if isinstance(module, RuleCall) and threading.get_ident() == self._thread:
                 self._post(module, inputs, out)
 
-        self._handles = [register_module_forward_pre_hook(pre),
+        # torch types the hook as returning None; a pre-hook may return replacement inputs
+        self._handles = [register_module_forward_pre_hook(cast(Callable[..., None], pre)),
                          register_module_forward_hook(post)]
         return self
 
@@ -122,7 +126,7 @@ class Recorder:
             new[i] = view
         return tuple(new)
 
-    def _post(self, call: RuleCall, inputs: tuple, out: Tensor) -> None:
+    def _post(self, call: RuleCall, inputs: tuple, out: object) -> None:
         if isinstance(out, Tensor) and out.requires_grad:
             rec = self.records.setdefault(call, {})
             out.register_hook(lambda g: rec.__setitem__("out", out.detach() * g))

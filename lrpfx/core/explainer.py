@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -12,6 +13,7 @@ from torch import Tensor, fx, nn
 
 from lrpfx.core.attribution import baseline_of, integrated, recording, run_graph, with_value
 from lrpfx.core.audit import AuditReport, Recorder
+from lrpfx.core.calls import explained_call, explained_name, explained_value
 from lrpfx.core.capture import FRONTENDS, call_kwargs, keyword_only_input
 from lrpfx.core.graph_cache import GraphCache, low_precision, snapshot, to32
 from lrpfx.core.report import CoverageReport
@@ -39,6 +41,8 @@ class Explainer(nn.Module):
     The user's model is never modified, nor read after compilation: the explainer keeps its own
     eval-mode snapshot of the model, taken here, and captures every graph from it.
     """
+
+    _model: nn.Module  # the snapshot, set through __dict__ (not a submodule)
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class Explainer(nn.Module):
             return
         if isinstance(example_inputs, Mapping):
             self.cache.graph_for((), call_kwargs(model, example_inputs),
-                                 _explained_name(dict(example_inputs)))
+                                 explained_name(dict(example_inputs)))
         else:
             args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
                 else (example_inputs,)
@@ -184,11 +188,10 @@ class Explainer(nn.Module):
         contrastive = True if contrastive is None else contrastive
         parts = self.explain_parts(x, target, negative=contrastive, normalize=normalize, at=at,
                                    region=region, position=position, output=output, **inputs)
-        result = parts.contrastive if contrastive else parts.positive
+        result = _chosen(parts, contrastive)
         if at is None:
             return result
-        return {"input": result, **{k: v.contrastive if contrastive else v.positive
-                                    for k, v in parts.at.items()}}
+        return {"input": result, **{k: _chosen(v, contrastive) for k, v in parts.at.items()}}
 
     def explain_parts(self, x: Tensor | None = None, target: Target = None, *,
                       negative: bool = True, normalize: bool = True,
@@ -216,14 +219,8 @@ class Explainer(nn.Module):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("explain runs a backward pass, which torch.inference_mode() "
                                "forbids: call it outside inference_mode (no_grad is fine)")
-        name = keyword_only_input(self._model)
-        if x is not None and name is not None:  # forward(self, *, x): x goes by its name
-            x, inputs = None, {name: x, **inputs}
-        args, kwargs, explained = _explained_call(x, inputs)
-        # tensors made under inference_mode cannot be saved for backward: plain copies
-        args = tuple(_usable(a) for a in args)
-        kwargs = {k: _usable(v) for k, v in call_kwargs(self._model, kwargs).items()}
-        value = args[0] if args else kwargs[explained]
+        args, kwargs, explained = explained_call(self._model, x, inputs)
+        value = explained_value(args, kwargs, explained)
         check_input(value, text=not args and not value.is_floating_point())
         gm = self.cache.graph_for(args, kwargs, explained)
         out_dtype = value.dtype if value.is_floating_point() else None
@@ -232,14 +229,14 @@ class Explainer(nn.Module):
             gm = self.cache.float32(gm)
             args = tuple(to32(a) for a in args)
             kwargs = {k: to32(v) for k, v in kwargs.items()}
-            value = args[0] if args else kwargs[explained]
+            value = explained_value(args, kwargs, explained)
         if at is not None:
             gm, taps = with_taps(gm, (at,) if isinstance(at, str) else tuple(at))
         else:
             taps = {}
         probes = [m for m in gm.modules() if isinstance(m, RelevanceSource)]
         for p in probes:
-            check_token_ids(value, len(p.weight))  # type: ignore[arg-type]
+            check_token_ids(value, len(p.weight))
         spec = TargetSpec(target, region, position, output)
         mask = kwargs.get("attention_mask")
         mode = self.ruleset.attribution
@@ -278,13 +275,13 @@ class Explainer(nn.Module):
                                                 allow_unused=True)
                     gl, gt = grads[:len(leaves)], grads[len(leaves):]
                     if mode == "gradient":
-                        r = sum(gl)
+                        r = _total(gl)
                     elif mode == "baseline":
                         r = (leaves[0].detach() - baseline) * gl[0]
                     elif getattr(gm, "input_relevance", False):
-                        r = sum(gl)
+                        r = _total(gl)
                     else:
-                        r = sum(leaf.detach() * g for leaf, g in zip(leaves, gl))
+                        r = _total([leaf.detach() * g for leaf, g in zip(leaves, gl)])
                     maps.append(r.sum(-1) if probes else r)
                     inner.append({name: (t.detach() * g if g is not None
                                          else torch.zeros_like(t))
@@ -298,10 +295,10 @@ class Explainer(nn.Module):
                 con = None if neg is None else unit_max(pos - neg)
             else:
                 con = None if neg is None else pos - neg
-            return cast(pos), cast(neg), cast(con)
+            return cast(pos), None if neg is None else cast(neg), None if con is None else cast(con)
 
-        def cast(t: Tensor | None) -> Tensor | None:  # after the subtraction: it cancels a lot
-            return t if t is None or out_dtype is None else t.to(out_dtype)
+        def cast(t: Tensor) -> Tensor:  # after the subtraction: it cancels a lot
+            return t if out_dtype is None else t.to(out_dtype)
 
         positive, neg, contrastive = parts(maps[0], maps[1] if negative else None)
         at_maps = {name: NodeMaps(*parts(inner[0][name], inner[1][name] if negative else None))
@@ -334,6 +331,8 @@ class Explainer(nn.Module):
             self.explain_parts(x, target, negative=False, normalize=False, at=(), **inputs)
         return rec.report(self.ruleset.name)
 
+
+
 class Explanation(NamedTuple):
     """The parts of an absLRP explanation (see :meth:`Explainer.explain_parts`)."""
 
@@ -354,27 +353,15 @@ class NodeMaps(NamedTuple):
     contrastive: Tensor | None
 
 
-def _usable(v: Any) -> Any:
-    return v.clone() if isinstance(v, Tensor) and v.is_inference() else v
+def _total(terms: Sequence[Tensor]) -> Tensor:
+    return functools.reduce(torch.add, terms)
 
 
-def _explained_call(x: Tensor | None, inputs: dict[str, Any]
-                    ) -> tuple[tuple, dict[str, Any], str | None]:
-    if x is not None:
-        return (x,), inputs, None
-    if not inputs:
-        raise TypeError("explain needs an input: explain(x) or explain(input_ids=..., ...)")
-    return (), inputs, _explained_name(inputs)
-
-
-def _explained_name(inputs: Mapping[str, Any]) -> str:
-    for name in ("input_ids", "inputs_embeds", "pixel_values", "input_values"):
-        if isinstance(inputs.get(name), Tensor):
-            return name
-    name = next((k for k, v in inputs.items() if isinstance(v, Tensor)), None)
-    if name is None:
-        raise TypeError("none of the keyword inputs is a tensor")
-    return name
+def _chosen(maps: Explanation | NodeMaps, contrastive: bool) -> Tensor:
+    if not contrastive:
+        return maps.positive
+    assert maps.contrastive is not None  # explain_parts(negative=True) computes it
+    return maps.contrastive
 
 
 __all__ = ["Explainer", "Explanation", "class_scores", "resolve_target"]

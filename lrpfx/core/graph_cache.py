@@ -69,6 +69,12 @@ class GraphCache(nn.Module):
         unpickling (rule specs hold lambdas, which pickle cannot); None: pickle ``ruleset``.
     """
 
+    # set through __dict__ (not submodules, not converted by .to()); declared for the checker
+    _model: nn.Module
+    _shared: SharedTensors
+    _f32: dict[int, tuple[nn.Module, nn.Module]]
+    _f32_tensors: dict[int, tuple[Tensor, Tensor]]
+
     def __init__(self, model: nn.Module, ruleset: RuleSet, strict: bool, frontend: str,
                  cache_size: int = 8, recipe: tuple[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
@@ -94,10 +100,11 @@ class GraphCache(nn.Module):
         self._lock = threading.RLock()
         self._conversions: list[Callable[[Tensor], Tensor]] = []
         self.__dict__["_shared"] = SharedTensors(self._model, self._conversions)
-        self.__dict__["_f32"] = {}  # graph name -> its float32 copy
+        self.__dict__["_f32"] = {}  # id(graph) -> (graph, its float32 copy)
         self.__dict__["_f32_tensors"] = {}  # id -> (tensor, its float32 version), for all copies
         if self.frontend in ("fx", "symbolic_trace"):
             gm = self._model if self.frontend == "fx" else capture_symbolic_trace(self._model)
+            assert isinstance(gm, fx.GraphModule)
             self._install(_ANY, gm)
 
     @property
@@ -185,12 +192,12 @@ class GraphCache(nn.Module):
         return self._use(name)
 
     def _evict(self, name: str) -> None:
+        self._f32.pop(id(self.graphs[name]), None)
         del self._recent[name]
         del self.graphs[name]
         del self._reports[name]
         for key in [k for k, v in self._keys.items() if v == name]:
             del self._keys[key]
-        self._f32.pop(name, None)
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - nn.Module's own signature
         with self._lock:
@@ -216,9 +223,7 @@ class GraphCache(nn.Module):
         """A float32 copy of a half/bfloat16 compiled graph, made once (its shared tensors
         converted once for all graphs)."""
         with self._lock:
-            name = self._last if self._last is not None and self.graphs[self._last] is gm \
-                else next(n for n, g in self.graphs.items() if g is gm)
-            if name not in self._f32:
+            if id(gm) not in self._f32:
                 memo = self._f32_tensors
                 copy_memo: dict[int, Any] = {}
                 for t in (*gm.parameters(), *gm.buffers()):
@@ -226,8 +231,8 @@ class GraphCache(nn.Module):
                         memo[id(t)] = (t, t.float() if t.is_floating_point() else t)
                     if not isinstance(t, nn.Parameter):
                         copy_memo[id(t)] = memo[id(t)][1]
-                self._f32[name] = copy.deepcopy(gm, copy_memo).float()
-            return self._f32[name]
+                self._f32[id(gm)] = (gm, copy.deepcopy(gm, copy_memo).float())
+            return self._f32[id(gm)][1]
 
     # ----------------------------------------------------------------------------- reading
 
@@ -244,7 +249,10 @@ class GraphCache(nn.Module):
     def graph_module(self) -> fx.GraphModule:
         """The most recently used compiled ``GraphModule``."""
         self.report  # noqa: B018 - raises the helpful error when nothing is compiled
-        return self.graphs[self._last]
+        assert self._last is not None
+        gm = self.graphs[self._last]
+        assert isinstance(gm, fx.GraphModule)
+        return gm
 
     # ----------------------------------------------------------------------------- pickling
 

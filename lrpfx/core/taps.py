@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -76,13 +76,17 @@ def _build(gm: nn.Module, names: tuple[str, ...]) -> tuple[fx.GraphModule, dict[
         root[target] = tap
         with graph.inserting_after(node):
             new = graph.call_module(target, (node,))
-        node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
+        node.replace_all_uses_with(new, delete_user_cb=_not(new))
     for n in graph.nodes:
         if n.op == "get_attr":  # from gm: the unfused graph's own may predate a .to()
             root[n.target] = _attr(gm, n.target)
     out = fx.GraphModule(root, graph, class_name="LRPGraphModule")
-    out.input_relevance = getattr(gm, "input_relevance", False)
+    out.__dict__["input_relevance"] = getattr(gm, "input_relevance", False)
     return out, taps
+
+
+def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
+    return lambda user: user is not node
 
 
 def _attr(root: nn.Module, target: str) -> Any:

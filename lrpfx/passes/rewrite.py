@@ -49,6 +49,8 @@ class RelevanceSource(nn.Module):
         self.register_buffer("weight", weight.detach())
         self.padding_idx = padding_idx
 
+    weight: torch.Tensor
+
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.embedding(indices, self.weight, self.padding_idx)
         collected = sink(self)
@@ -84,14 +86,15 @@ class _ConstantEvaluator:
         n = value
         args = self(tuple(n.args))
         kwargs = {k: self(v) for k, v in n.kwargs.items()}
+        target: Any = n.target  # a name for get_attr/call_method/call_module, else a callable
         if n.op == "get_attr":
-            result = _fetch_attr(self.root, n.target)
+            result = _fetch_attr(self.root, target)
         elif n.op == "call_function":
-            result = n.target(*args, **kwargs)
+            result = target(*args, **kwargs)
         elif n.op == "call_method":
-            result = getattr(args[0], n.target)(*args[1:], **kwargs)
+            result = getattr(args[0], target)(*args[1:], **kwargs)
         elif n.op == "call_module":
-            result = self.root.get_submodule(n.target)(*args, **kwargs)
+            result = self.root.get_submodule(target)(*args, **kwargs)
         else:
             raise ValueError(f"node {n.name} ({n.op}) is not a constant")
         if isinstance(result, torch.Tensor):
@@ -229,7 +232,7 @@ def rewrite(
     # a first-layer rule that returns relevance (flat, w²) makes every first layer do so, and
     # the explainer read the input's "gradient" as relevance
     input_relevance = any(status.get(n.name) == RULE
-                          and select_spec(n, ruleset, facts).returns_relevance
+                          and _spec(n, ruleset, facts).returns_relevance
                           for n in facts.first)
     const = _ConstantEvaluator(root)
     attrs: dict[str, Any] = {}
@@ -257,7 +260,7 @@ def rewrite(
         if status.get(node.name) != RULE:
             continue
         info = node.meta["lrpfx"]
-        spec: RuleSpec = select_spec(node, ruleset, facts)
+        spec = _spec(node, ruleset, facts)
         relevant = tuple(k for k, v in node.kwargs.items()
                          if isinstance(v, fx.Node) and v in facts.relevant)
         runtime = tuple(k for k, v in node.kwargs.items() if isinstance(v, fx.Node)
@@ -293,8 +296,15 @@ def rewrite(
             attrs[node.target] = _copy_module(root.get_submodule(node.target))
     graph.lint()
     gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
-    gm.input_relevance = input_relevance
+    gm.__dict__["input_relevance"] = input_relevance
     return gm, report
+
+
+def _spec(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> RuleSpec:
+    """The rule of a node classified as having one."""
+    spec = select_spec(node, ruleset, facts)
+    assert spec is not None  # _classify gave the node status RULE
+    return spec
 
 
 def _contributions_summed(node: fx.Node, facts: GraphFacts, status: dict[str, str]) -> bool:
