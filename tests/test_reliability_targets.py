@@ -229,3 +229,15 @@ def test_out_of_range_targets_are_value_errors(mlp, target) -> None:  # noqa: AN
     ex, x = mlp
     with pytest.raises(ValueError, match="out of range: the output has 3 classes"):
         ex.explain(x, target)
+
+
+def test_outputs_without_a_batch_dimension_are_value_errors() -> None:
+    from lrpfx.core.targets import TargetSpec, output_seeds
+    from lrpfx.rules.registry import get_ruleset
+
+    abslrp = get_ruleset("abslrp")
+    for out in (torch.tensor(1.0), torch.zeros(3, 2)):
+        with pytest.raises(ValueError, match="does not start with the batch dimension"):
+            output_seeds(abslrp, out, TargetSpec(), False, batch=2)
+    with pytest.raises(ValueError, match="one score per example.*target=lambda out: out"):
+        output_seeds(abslrp, torch.zeros(2), TargetSpec(), False, batch=2)

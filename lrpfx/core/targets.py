@@ -402,10 +402,10 @@ def output_seeds(ruleset: RuleSet, raw: Any, target: Target | TargetSpec, negati
         # G_out = ∂score/∂out, so R_out = out ⊙ ∂score/∂out, for each example
         return Seeds(scores, [torch.ones_like(scores)], scores.detach(), scores.detach() == 0)
     out = select_output(raw, spec.output)
-    batch = out.shape[0] if batch is None or out.dim() == 0 else batch
-    if out.dim() < 1 or out.shape[0] != batch:
+    if out.dim() < 1 or batch is not None and out.shape[0] != batch:
         raise ValueError(f"the explained output {tuple(out.shape)} does not start with the "
                          f"batch dimension ({batch}); pick another with output=")
+    batch = out.shape[0]
     bad = ~torch.isfinite(out.detach()).reshape(batch, -1).all(1)
     if bad.any():
         raise ValueError(
