@@ -260,6 +260,22 @@ def test_torchvision_lraspp_segmentation() -> None:
     assert (_cos(*m) < 0.999).all()
 
 
+def test_torchvision_fcn_resnet50_out_and_aux() -> None:
+    seg_models = pytest.importorskip("torchvision.models.segmentation")
+    torch.manual_seed(0)
+    model = seg_models.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3,
+                                    aux_loss=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ex = lrpfx.compile(model, strict=False)  # bilinear upsampling: see the lraspp test
+    assert torch.allclose(ex(x)["out"], model(x)["out"], atol=1e-5)
+    parts = ex.explain_parts(x)  # "out" by default
+    assert torch.isfinite(parts.contrastive).all() and parts.contrastive.abs().amax() > 0
+    whole = torch.ones(32, 32)
+    aux = ex.explain(x, 1, output="aux", region=whole)
+    out = ex.explain(x, 1, region=whole)
+    assert torch.isfinite(aux).all() and (_cos(aux, out) < 0.999).all()  # another head
+
+
 # ----------------------------------------------------------------------------- sequence models
 
 
