@@ -15,6 +15,7 @@ from lrpfx.core.attribution import baseline_of, integrated, recording, run_graph
 from lrpfx.core.audit import AuditReport, Recorder
 from lrpfx.core.calls import explained_call, explained_name, explained_value
 from lrpfx.core.capture import FRONTENDS, call_kwargs, keyword_only_input
+from lrpfx.core.checks import check_input, check_maps, check_token_ids
 from lrpfx.core.graph_cache import GraphCache, low_precision, snapshot, to32
 from lrpfx.core.report import CoverageReport
 from lrpfx.core.taps import armed, with_taps
@@ -22,9 +23,6 @@ from lrpfx.core.targets import (
     Output,
     Target,
     TargetSpec,
-    check_input,
-    check_maps,
-    check_token_ids,
     class_scores,
     output_seeds,
     resolve_target,
