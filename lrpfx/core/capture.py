@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,8 @@ FRONTENDS = ("export", "symbolic_trace")
 
 # torch.export keeps global tracing state: one capture at a time in this process
 _EXPORT_LOCK = threading.RLock()
+_SIGNATURES: weakref.WeakKeyDictionary[nn.Module, list[inspect.Parameter]] = \
+    weakref.WeakKeyDictionary()
 
 
 class CaptureError(RuntimeError):
@@ -136,11 +139,21 @@ def call_kwargs(model: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _signature(model: nn.Module) -> list[inspect.Parameter]:
+    """The parameters of ``model.forward``, looked up once per model (``inspect.signature``
+    costs about as much as a small model's forward pass)."""
+    params = _SIGNATURES.get(model)
+    if params is None:
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        _SIGNATURES[model] = params
+    return params
+
+
 def _parameters(model: nn.Module) -> list[str]:
-    try:
-        return list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return []
+    return [p.name for p in _signature(model)]
 
 
 def _positional_names(model: nn.Module, n: int) -> list[str]:
@@ -150,10 +163,7 @@ def _positional_names(model: nn.Module, n: int) -> list[str]:
 def keyword_only_input(model: nn.Module) -> str | None:
     """The name of the model's first input when its forward takes keyword-only inputs alone
     (``forward(self, *, x)``): a positional input given to lrpfx is passed by that name."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
+    params = _signature(model)
     if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
            for p in params):
         return None
