@@ -241,3 +241,21 @@ def test_outputs_without_a_batch_dimension_are_value_errors() -> None:
             output_seeds(abslrp, out, TargetSpec(), False, batch=2)
     with pytest.raises(ValueError, match="one score per example.*target=lambda out: out"):
         output_seeds(abslrp, torch.zeros(2), TargetSpec(), False, batch=2)
+
+
+def test_a_score_every_input_lowers_warns_only_when_the_result_is_zero() -> None:
+    """absLRP passes positive contributions only: class 0, lowered by every input, gets no
+    positive relevance. The positive map is all zero (a warning says why); the contrastive map
+    is not (the other classes' evidence), so it comes without a warning."""
+    model = nn.Linear(4, 3, bias=False).eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, -2, -1, -3], [1, 2, 0, 1], [0, 1, 2, 1]]))
+    ex = lrpfx.compile(model)
+    x = torch.rand(2, 4) + 0.1
+    with pytest.warns(RuntimeWarning, match="positive contributions only"):
+        r = ex.explain(x, 0, contrastive=False)
+    assert (r == 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = ex.explain(x, 0)
+    assert (c.flatten(1).abs().amax(1) > 0).all()

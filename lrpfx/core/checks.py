@@ -46,12 +46,13 @@ def check_token_ids(ids: Tensor, vocabulary: int) -> None:
 
 
 def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) -> None:
-    """No NaN leaves lrpfx: raise on a non-finite map, warn on an all-zero positive map.
+    """No NaN leaves lrpfx: raise on a non-finite map, warn where every map of an example is
+    all zero (what explain returns is then zero too).
 
     Parameters
     ----------
     maps
-        The raw maps, positive first, each ``(B, ...)``.
+        The raw maps (positive, and negative for a contrastive map), each ``(B, ...)``.
     x
         The explained input (a zero input legitimately has a zero map; token ids never do).
     dead
@@ -73,8 +74,7 @@ def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) ->
                 f"relevance overflowed for examples {_indices(bad)} (NaN or inf in the "
                 "backward pass): their activations are too large or too small for "
                 f"{m.dtype}; scale the input or explain in float64")
-    lo, hi = extremes[0]
-    zero = (lo == 0) & (hi == 0)
+    zero = torch.stack([(lo == 0) & (hi == 0) for lo, hi in extremes]).all(0)
     if x.is_floating_point() and zero.any():
         x_lo, x_hi = torch.aminmax(x.detach().reshape(b, -1), dim=1)
         zero &= (x_lo != 0) | (x_hi != 0)
@@ -84,10 +84,12 @@ def check_maps(maps: Sequence[Tensor], x: Tensor, dead: Tensor | None = None) ->
         scale = (f" (the input's largest magnitude is {x.detach().abs().amax().item():.1e})"
                  if x.is_floating_point() else "")
         warnings.warn(
-            f"the relevance map of examples {_indices(zero)} is all zero: their target does not "
-            "depend on the input (every path blocked, e.g. by inactive ReLUs), or the relevance "
+            f"the relevance map of examples {_indices(zero)} is all zero: no relevance reached the "
+            "input. The rule passed none (absLRP and LRP-α1β0 carry positive contributions "
+            "only, so a score every input lowers gets none: try another target), the target "
+            "does not depend on the input (e.g. behind inactive ReLUs), or the relevance "
             f"vanished under the stabiliser {EPS:g} of R / (|z| + {EPS:g}), as for inputs near "
-            f"1e-30{scale}; float64 keeps such maps: explainer.double() with a float64 input",
+            f"1e-30{scale} (float64 keeps such maps: explainer.double() with a float64 input)",
             RuntimeWarning, stacklevel=4)
 
 

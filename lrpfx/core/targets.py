@@ -418,8 +418,8 @@ def output_seeds(ruleset: RuleSet, raw: Any, target: Target | TargetSpec, negati
     if dead.any():
         warnings.warn(
             f"the explained output of examples {_indices(dead)} is exactly 0 wherever the "
-            "target is: no relevance leaves a zero output (R = out ⊙ G), so their maps are "
-            "zero; explain another target or region", RuntimeWarning, stacklevel=4)
+            "target is: no relevance leaves a zero output (R = out ⊙ G), so their positive "
+            "maps are zero; explain another target or region", RuntimeWarning, stacklevel=4)
     if ruleset.seed == "gradient":  # G_out = seed, so R_out = out ⊙ seed
         return Seeds(out, weights, target_t, dead)
     if ruleset.options.get("mask_negative_logits"):
