@@ -31,7 +31,8 @@ def compile(  # noqa: A001 - the public name the API promises
     rule: str | RuleSet = "abslrp",
     strict: bool = True,
     frontend: str = "export",
-    example_inputs: tuple | Tensor | Mapping[str, Any] | None = None,
+    example_inputs: tuple | list | Tensor | Mapping[str, Any] | None = None,
+    cache_size: int = 8,
     **rule_options: Any,
 ) -> Explainer:
     """Compile ``model`` so that one backward pass yields relevance.
@@ -40,7 +41,8 @@ def compile(  # noqa: A001 - the public name the API promises
     ----------
     model
         Any ``nn.Module`` (or a ``torch.fx.GraphModule`` from ``torch.fx.symbolic_trace``).
-        It is never modified.
+        It is never modified. Its state is taken now (a private eval-mode copy): later changes
+        to the model do not reach the explainer; compile again after changing it.
     rule
         Rule set: ``"abslrp"`` (default), any name in :data:`lrpfx.rules.RULESETS`
         (``lrp0``, ``epsilon``, ``alphabeta``, ``alpha2beta1``, ``zplus``, ``flat``,
@@ -55,7 +57,11 @@ def compile(  # noqa: A001 - the public name the API promises
         ``"export"`` (default, ``torch.export``; the graph is captured at the first call, or at
         once when ``example_inputs`` is given) or ``"symbolic_trace"``.
     example_inputs
-        Optional example input(s) to capture and check the graph immediately.
+        Optional example input(s) to capture and check the graph immediately: a tensor, a tuple
+        or list of positional inputs, or keyword inputs as a dict.
+    cache_size
+        How many compiled graphs (one per input shape) to keep, least recently used dropped
+        first. All graphs share the weights and the tensors derived from them.
     **rule_options
         Options of the rule set (see :func:`lrpfx.rules.get_ruleset`), e.g.
         ``max_pool_divide=True``.
@@ -65,7 +71,7 @@ def compile(  # noqa: A001 - the public name the API promises
     Explainer
     """
     return Explainer(model, rule=rule, strict=strict, frontend=frontend,
-                     example_inputs=example_inputs, **rule_options)
+                     example_inputs=example_inputs, cache_size=cache_size, **rule_options)
 
 
 def check(

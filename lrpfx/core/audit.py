@@ -11,7 +11,10 @@ map), so its per-node ratios are rule-specific scale factors, not leaks.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +58,7 @@ class AuditReport:
         """Batch means per node, as a plain-text table."""
         header = ("node", "op", "module", "Σ|R_out|", "Σ|R_in|", "lost")
         rows = [(n.node, n.op, n.module or "-", f"{n.out_l1.mean().item():.4g}",
-                 f"{sum(n.in_l1.values()).mean().item():.4g}",
+                 f"{sum(n.in_l1.values(), torch.zeros_like(n.out_l1)).mean().item():.4g}",
                  f"{n.lost.mean().item():+.3f}") for n in self.nodes]
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -67,13 +70,15 @@ class AuditReport:
 
 
 class Recorder:
-    """Records relevance at every :class:`RuleCall` that runs while it is active (a context
-    manager; global module hooks, so graphs compiled inside it are seen too)."""
+    """Records relevance at every :class:`RuleCall` that runs in this thread while it is active
+    (a context manager; global module hooks, so graphs compiled inside it are seen too; calls
+    made by other threads meanwhile are not recorded)."""
 
     def __init__(self) -> None:
         self.records: dict[RuleCall, dict[str, Tensor]] = {}
         self.order: list[RuleCall] = []
         self._handles: list = []
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> Recorder:
         from torch.nn.modules.module import (
@@ -81,14 +86,19 @@ class Recorder:
             register_module_forward_pre_hook,
         )
 
+        self._thread = threading.get_ident()
+
         def pre(module: nn.Module, inputs: tuple) -> tuple | None:
-            return self._pre(module, inputs) if isinstance(module, RuleCall) else None
+            if isinstance(module, RuleCall) and threading.get_ident() == self._thread:
+                return self._pre(module, inputs)
+            return None
 
         def post(module: nn.Module, inputs: tuple, out: object) -> None:
-            if isinstance(module, RuleCall):
+            if isinstance(module, RuleCall) and threading.get_ident() == self._thread:
                 self._post(module, inputs, out)
 
-        self._handles = [register_module_forward_pre_hook(pre),
+        # torch types the hook as returning None; a pre-hook may return replacement inputs
+        self._handles = [register_module_forward_pre_hook(cast(Callable[..., None], pre)),
                          register_module_forward_hook(post)]
         return self
 
@@ -116,7 +126,7 @@ class Recorder:
             new[i] = view
         return tuple(new)
 
-    def _post(self, call: RuleCall, inputs: tuple, out: Tensor) -> None:
+    def _post(self, call: RuleCall, inputs: tuple, out: object) -> None:
         if isinstance(out, Tensor) and out.requires_grad:
             rec = self.records.setdefault(call, {})
             out.register_hook(lambda g: rec.__setitem__("out", out.detach() * g))

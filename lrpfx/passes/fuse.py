@@ -23,6 +23,9 @@ from lrpfx.rules.base import RuleCall
 class ChainCall(nn.Module):
     """A head :class:`RuleCall` and the element-wise rule calls fused after it."""
 
+    head: RuleCall
+    tail: nn.ModuleList
+
     def __init__(self, head: RuleCall, tail: list[RuleCall]) -> None:
         super().__init__()
         self.head = head
@@ -32,13 +35,23 @@ class ChainCall(nn.Module):
         return ChainFunction.apply(self, *inputs)
 
     def extra_repr(self) -> str:
-        return "fused: " + " → ".join([self.head.spec.op, *(t.spec.op for t in self.tail)])
+        return "fused: " + " → ".join([self.head.spec.op, *(_call(t).spec.op for t in self.tail)])
+
+
+def _call(module: nn.Module) -> RuleCall:
+    assert isinstance(module, RuleCall)
+    return module
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
+    assert isinstance(node.target, str)  # a call_module node names its module
+    return gm.get_submodule(node.target)
 
 
 def _rule_call(gm: fx.GraphModule, node: fx.Node) -> RuleCall | None:
     if node.op != "call_module":
         return None
-    mod = gm.get_submodule(node.target)
+    mod = _module(gm, node)
     if isinstance(mod, RuleCall) and mod.spec.function is AbsLRPFunction:
         return mod
     return None
@@ -77,8 +90,7 @@ def fuse_chains(gm: fx.GraphModule) -> fx.GraphModule:
     for chain in chains:
         head, *tail = chain
         name = f"chain_{head.target}"
-        modules[name] = ChainCall(gm.get_submodule(head.target),
-                                  [gm.get_submodule(t.target) for t in tail])
+        modules[name] = ChainCall(_call(_module(gm, head)), [_call(_module(gm, t)) for t in tail])
         with graph.inserting_after(chain[-1]):
             new = graph.call_module(name, head.args, head.kwargs)
         new.meta = dict(chain[-1].meta)

@@ -9,6 +9,7 @@ every tensor it uses, so the user's model is never aliased or mutated.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -28,6 +29,8 @@ from lrpfx.core.report import (
 from lrpfx.core.report import (
     PASSTHROUGH as S_PASS,
 )
+from lrpfx.core.shared_tensors import SharedTensors
+from lrpfx.core.taps import sink
 from lrpfx.passes.analyze import GraphFacts
 from lrpfx.passes.canonicalize import CANONICAL, IO, PASSTHROUGH
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
@@ -36,21 +39,24 @@ from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
 class RelevanceSource(nn.Module):
     """An embedding lookup of the explained token ids: where token relevance is read.
 
-    When ``armed`` is a list, the output is cut from the table (a fresh leaf that requires grad)
-    and appended to it, so the explainer can take ``R = e ⊙ ∂/∂e`` there after the backward.
+    When armed (:func:`lrpfx.core.taps.armed`, in the calling thread), the output is cut from the
+    table (a fresh leaf that requires grad) and collected, so the explainer can take
+    ``R = e ⊙ ∂/∂e`` there after the backward.
     """
 
     def __init__(self, weight: torch.Tensor, padding_idx: int | None) -> None:
         super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("weight", weight.detach())
         self.padding_idx = padding_idx
-        self.armed: list[torch.Tensor] | None = None
+
+    weight: torch.Tensor
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.embedding(indices, self.weight, self.padding_idx)
-        if self.armed is not None:
+        collected = sink(self)
+        if collected is not None:
             out = out.detach().requires_grad_(True)
-            self.armed.append(out)
+            collected.append(out)
         return out
 
 
@@ -80,14 +86,15 @@ class _ConstantEvaluator:
         n = value
         args = self(tuple(n.args))
         kwargs = {k: self(v) for k, v in n.kwargs.items()}
+        target: Any = n.target  # a name for get_attr/call_method/call_module, else a callable
         if n.op == "get_attr":
-            result = _fetch_attr(self.root, n.target)
+            result = _fetch_attr(self.root, target)
         elif n.op == "call_function":
-            result = n.target(*args, **kwargs)
+            result = target(*args, **kwargs)
         elif n.op == "call_method":
-            result = getattr(args[0], n.target)(*args[1:], **kwargs)
+            result = getattr(args[0], target)(*args[1:], **kwargs)
         elif n.op == "call_module":
-            result = self.root.get_submodule(n.target)(*args, **kwargs)
+            result = self.root.get_submodule(target)(*args, **kwargs)
         else:
             raise ValueError(f"node {n.name} ({n.op}) is not a constant")
         if isinstance(result, torch.Tensor):
@@ -185,6 +192,7 @@ def rewrite(
     *,
     strict: bool = True,
     frontend: str = "export",
+    shared: SharedTensors | None = None,
 ) -> tuple[fx.GraphModule, CoverageReport]:
     """Rewrite a canonical, analysed graph into the compiled module.
 
@@ -201,6 +209,10 @@ def rewrite(
     strict
         Raise :class:`lrpfx.core.report.UnsupportedOpError` before anything runs if a node on the
         relevance path has no rule; otherwise warn and leave such nodes to plain autograd.
+    shared
+        Tensors shared with the other graphs compiled from the same model snapshot: constants and
+        derived parameters come from (and go to) it instead of being copied and derived anew.
+        None: the graph owns copies of everything.
 
     Returns
     -------
@@ -220,7 +232,7 @@ def rewrite(
     # a first-layer rule that returns relevance (flat, w²) makes every first layer do so, and
     # the explainer read the input's "gradient" as relevance
     input_relevance = any(status.get(n.name) == RULE
-                          and select_spec(n, ruleset, facts).returns_relevance
+                          and _spec(n, ruleset, facts).returns_relevance
                           for n in facts.first)
     const = _ConstantEvaluator(root)
     attrs: dict[str, Any] = {}
@@ -240,14 +252,15 @@ def rewrite(
 
     for node in list(graph.nodes):
         if status.get(node.name) == SOURCE:
-            replace(node, "source", RelevanceSource(const(node.kwargs["weight"]),
-                                                    node.kwargs.get("padding_idx")),
+            table = const(node.kwargs["weight"])
+            table = shared.constant(table) if shared is not None else table.detach().clone()
+            replace(node, "source", RelevanceSource(table, node.kwargs.get("padding_idx")),
                     (node.kwargs["indices"],))
             continue
         if status.get(node.name) != RULE:
             continue
         info = node.meta["lrpfx"]
-        spec: RuleSpec = select_spec(node, ruleset, facts)
+        spec = _spec(node, ruleset, facts)
         relevant = tuple(k for k, v in node.kwargs.items()
                          if isinstance(v, fx.Node) and v in facts.relevant)
         runtime = tuple(k for k, v in node.kwargs.items() if isinstance(v, fx.Node)
@@ -256,11 +269,14 @@ def rewrite(
                      if k not in relevant and k not in runtime
                      and not isinstance(node.kwargs.get(k), (int, float))}
         call = RuleCall(
-            spec, ops.CANONICAL_OPS[info.canonical], node.kwargs, relevant, constants,
-            frozenset(info.extra.get("nonneg_inputs", ())), node=node.name,
-            source=info.module_path, runtime=runtime,
+            spec if shared is None else _underived(spec), ops.CANONICAL_OPS[info.canonical],
+            node.kwargs, relevant, constants, frozenset(info.extra.get("nonneg_inputs", ())),
+            node=node.name, source=info.module_path, runtime=runtime,
             normalize=frozenset(k for k in relevant if summed[node.kwargs[k]]),
         )
+        if shared is not None:
+            call.spec = spec
+            shared.adopt(call, constants)
         if input_relevance and node in facts.first:
             call.as_relevance = frozenset(relevant)
         replace(node, "rule", call, tuple(node.kwargs[k] for k in relevant + runtime))
@@ -273,14 +289,22 @@ def rewrite(
     for node in graph.nodes:
         if node.op == "get_attr":
             value = _fetch_attr(root, node.target)
-            attrs[node.target] = value.detach().clone() if isinstance(
-                value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                value = shared.constant(value) if shared is not None else value.detach().clone()
+            attrs[node.target] = value
         elif node.op == "call_module" and node.target not in attrs:
             attrs[node.target] = _copy_module(root.get_submodule(node.target))
     graph.lint()
     gm = fx.GraphModule(attrs, graph, class_name="LRPGraphModule")
-    gm.input_relevance = input_relevance
+    gm.__dict__["input_relevance"] = input_relevance
     return gm, report
+
+
+def _spec(node: fx.Node, ruleset: RuleSet, facts: GraphFacts) -> RuleSpec:
+    """The rule of a node classified as having one."""
+    spec = select_spec(node, ruleset, facts)
+    assert spec is not None  # _classify gave the node status RULE
+    return spec
 
 
 def _contributions_summed(node: fx.Node, facts: GraphFacts, status: dict[str, str]) -> bool:
@@ -329,6 +353,13 @@ def _mutates(node: fx.Node) -> bool:
     name = target if node.op == "call_method" else getattr(target, "__name__", "")
     return node.op in ("call_function", "call_method") and isinstance(name, str) and (
         name.endswith("_") and not name.startswith("_") or name.startswith("_assert"))
+
+
+def _underived(spec: RuleSpec) -> RuleSpec:
+    """``spec`` without ``derive``: the shared tensors derive its parameters, once."""
+    if spec.derive is None:
+        return spec
+    return dataclasses.replace(spec, derive=None)
 
 
 def _copy_module(module: nn.Module) -> nn.Module:
