@@ -17,6 +17,7 @@ from lrpfx.core.capture import FRONTENDS, call_kwargs, capture_export, capture_s
 from lrpfx.core.report import CoverageReport
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
+from lrpfx.passes.decompose import decompose
 from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
@@ -89,6 +90,7 @@ class Explainer(nn.Module):
 
     def _install(self, key: tuple, captured: fx.GraphModule, explained: str | None = None
                  ) -> nn.Module:
+        captured = decompose(captured, self.ruleset)  # long-tail ops (lrpfx.passes.decompose)
         graph = canonicalize(captured)
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,

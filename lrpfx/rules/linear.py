@@ -1,4 +1,5 @@
-"""Ops linear in their input with a constant weight: convolution, linear (dense), batch norm.
+"""Ops linear in their input with a constant weight: convolution, transposed convolution,
+linear (dense), batch norm.
 
 absLRP (DESIGN.md §4.1): with ``T_W`` the transposed op (the input-VJP of the op with weight W),
 
@@ -7,8 +8,10 @@ absLRP (DESIGN.md §4.1): with ``T_W`` the transposed op (the input-VJP of the o
 
 so ``R_x = x ⊙ (Wᵀs + sign(x) ⊙ |W|ᵀs)``, Eq. 12 of the paper up to a factor 2 that the
 normalisation removes. Biases and batch-norm shifts do not enter the VJP. |W| or W⁺ (whichever
-the graph needs) is computed once, at compile time. Batch norm in eval mode is the affine map
-``x · γ/√(σ²+ε) + const`` per channel.
+the graph needs) is computed once, at compile time. A transposed convolution's ``T_W`` is the
+convolution with the same weight, stride, padding, dilation and groups (its adjoint), so its
+rule is the same formula with the roles swapped (1-D, 2-D and 3-D alike). Batch norm in eval
+mode is the affine map ``x · γ/√(σ²+ε) + const`` per channel.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lrpfx.core import ops
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
@@ -75,6 +79,18 @@ def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
     both = _conv_transpose(call, _shape_of(x, shape), s, call.derived("cat_weight"))
     return both.split(x.shape[1], dim=1)
+
+
+def _deconv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
+    """``T_W(s)`` of a transposed convolution: the convolution it is the adjoint of (its
+    ``output_padding`` only adds output rows this convolution never reads)."""
+    st = call.static
+    return ops.conv(s, weight, None, st["stride"], st["padding"], st["dilation"], st["groups"])
+
+
+def _deconv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    return (_deconv_transpose(call, x, s, _weight(call)),
+            _deconv_transpose(call, x, s, call.derived("abs_weight")))
 
 
 def _linear_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
@@ -151,6 +167,7 @@ def _bn_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: 
 
 
 _linear_family("conv", _conv_transpose, _conv_both, lambda call: call.static["groups"] == 1)
+_linear_family("conv_transpose", _deconv_transpose, _deconv_both, lambda call: False)
 _linear_family("linear", _linear_transpose, _linear_both, lambda call: True)
 ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag,
                          through=_bn_through, derive=lambda call: {"bn_scale": _bn_scale(call)}))

@@ -44,7 +44,7 @@ from torch.autograd.function import once_differentiable
 
 from lrpfx.core import ops
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec, reduce_to
-from lrpfx.rules.linear import _bn_scale, _conv_transpose, _linear_transpose
+from lrpfx.rules.linear import _bn_scale, _conv_transpose, _deconv_transpose, _linear_transpose
 from lrpfx.rules.normalization import inv_sigma
 from lrpfx.rules.registry import RULESETS
 
@@ -112,7 +112,8 @@ def _local_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor,
 
 
 def _weight_transpose(call: RuleCall) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    t = _conv_transpose if call.spec.op == "conv" else _linear_transpose
+    t = {"conv": _conv_transpose, "conv_transpose": _deconv_transpose}.get(
+        call.spec.op, _linear_transpose)
     return lambda x, s, w: t(call, x, s, w)
 
 
