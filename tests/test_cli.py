@@ -324,8 +324,12 @@ def good(num_classes=4):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, num_classes))
 
+class CumProd(nn.Module):  # no rule, no decomposition: an op lrpfx refuses
+    def forward(self, x):
+        return torch.cumprod(x, 1)
+
 def bad():
-    return nn.Sequential(nn.ConvTranspose2d(3, 4, 3, padding=1), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CumProd(), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
 
 def not_a_model():
@@ -349,7 +353,7 @@ def test_check_reports_coverage(net_file: Path, capsys) -> None:
     assert "input 3×20×20" in capsys.readouterr().out
     assert main(["check", "--model", f"{net_file}:bad", "--input-size", "20"]) == 1
     text = capsys.readouterr().out
-    assert "unsupported" in text and "conv_transpose2d" in text and "have no 'abslrp' rule" in text
+    assert "unsupported" in text and "cumprod" in text and "have no 'abslrp' rule" in text
 
 
 def test_unsupported_op_in_explain_exits_1(net_file: Path, digit_files, tmp_path, capsys) -> None:
@@ -357,7 +361,7 @@ def test_unsupported_op_in_explain_exits_1(net_file: Path, digit_files, tmp_path
     code = main(["explain", str(paths[0]), "--model", f"{net_file}:bad", "--input-size", "16",
                  "--out", str(tmp_path), "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "conv_transpose2d" in err and "lrpfx check" in err
+    assert code == 1 and "cumprod" in err and "lrpfx check" in err
     assert "Traceback" not in err
     # --no-strict explains it anyway (the op carries the plain gradient)
     with pytest.warns(UserWarning, match="plain gradient"):

@@ -77,6 +77,15 @@ def pointwise(input: Tensor, fn: Callable[..., Tensor], args: Sequence[Any],
     return _call_at(fn, input, args, kwargs, position)
 
 
+def selection(input: Tensor, fn: Callable[..., Tensor], args: Sequence[Any],
+              kwargs: dict[str, Any], position: int) -> Tensor:
+    """``fn(*args, **kwargs)`` with ``input`` at ``args[position]``, for an op ``fn`` found to
+    pick each output among its input's elements by value (``amax``, ``max`` over a dim,
+    ``sort``'s values, ...): winner takes all, like max pooling; probed by
+    :mod:`lrpfx.passes.decompose`."""
+    return _call_at(fn, input, args, kwargs, position)
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``input @ weight.T + bias``."""
     return F.linear(input, weight, bias)
@@ -304,6 +313,7 @@ CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
         tanh, hardswish, hardsigmoid, elu, softplus, mish, pow, dropout, max_pool, avg_pool,
         adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, einsum, embedding, div,
         rms_norm, group_norm, normalize, conv_transpose, positive_linear, pointwise,
+        selection,
     )
 }
 """Name → function for every canonical op."""
@@ -337,7 +347,7 @@ OP_KIND: dict[str, str] = {
     "avg_pool": "pool", "adaptive_avg_pool": "pool", "mean": "pool", "sum": "pool",
     "positive_linear": "pool",
     "mul": "product", "div": "product", "matmul": "product", "einsum": "product",
-    "max_pool": "max",
+    "max_pool": "max", "selection": "max",
     "dropout": "identity",
     "layer_norm": "norm", "rms_norm": "norm", "group_norm": "norm", "normalize": "norm",
     "softmax": "softmax",
@@ -354,7 +364,7 @@ OP_KIND: dict[str, str] = {
 - ``product``: bilinear in two activations (element-wise product, matmul, einsum), or a
   quotient ``input / other`` (a product with the divisor's reciprocal; the divisor is usually a
   constant);
-- ``max``: max pooling (winner takes all);
+- ``max``: max pooling and other selections by value (winner takes all);
 - ``identity``: the identity in eval mode (dropout);
 - ``norm``: normalisation with statistics treated as constants (layer norm, RMS norm, group
   norm, L_p normalisation);

@@ -96,10 +96,12 @@ class CoverageReport:
         rows = sorted(self.nodes, key=lambda n: n.status != UNSUPPORTED)
         if all_nodes:
             rows += self.off_path
-        header = ("status", "node", "op", "canonical", "rule", "module")
-        data = [(n.status + (f" ({n.reason})" if n.reason else "")
-                 + (f" [{n.decomposition}]" if n.decomposition else ""), n.node, n.op,
+        header: tuple[str, ...] = ("status", "node", "op", "canonical", "rule", "module")
+        data = [(n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
                  n.canonical or "-", n.rule, n.module or "-") for n in rows]
+        if any(n.decomposition for n in rows):  # what lrpfx.passes.decompose did or tried
+            header += ("decomposition",)
+            data = [(*r, n.decomposition or "-") for r, n in zip(data, rows)]
         widths = [max(len(str(r[i])) for r in (header, *data)) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
                  for r in (header, *data)]

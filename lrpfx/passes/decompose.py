@@ -11,9 +11,12 @@ leaves without a canonical op (or whose canonical op has no rule in the rule set
    coefficients (``f(u) ≥ 0`` for a dense and for one-hot ``u ≥ 0``, i.e. columns of its
    matrix) makes it :func:`lrpfx.core.ops.positive_linear`, whose one absLRP rule is
    ``ha = f(|x|)`` (DESIGN.md §4.1): nearest/bilinear upsampling, reflection or replication
-   padding, ``repeat_interleave``, ... Element-wise (``f`` commutes with every permutation of
-   the elements, so it applies one scalar function) makes it :func:`lrpfx.core.ops.pointwise`,
-   ruled like any activation: ``exp``, ``abs``, ``sqrt``, ``erf``, ...
+   padding, ``repeat_interleave``, ``cumsum``, ... Element-wise (changing some elements changes
+   no other output, and ``f`` commutes with a permutation of the elements, so it applies one
+   scalar function) makes it :func:`lrpfx.core.ops.pointwise`,
+   ruled like any activation: ``exp``, ``abs``, ``sqrt``, ``erf``, ... An op that picks each
+   output among its input's elements by value (not linear) makes it
+   :func:`lrpfx.core.ops.selection`, ruled like max pooling: ``amax``, ``max`` over a dim.
 3. **Decomposition** with PyTorch's tables (``torch._decomp``: the op's own entry, else core
    ATen's), traced with ``make_fx`` on the node's fake tensors (symbolic sizes stay symbolic)
    and inlined: ``addcmul``, ``baddbmm``, ``logsumexp``, ``glu``, bicubic upsampling,
@@ -56,7 +59,9 @@ def probe(fn: Callable[[Tensor], Tensor], example: Tensor, seed: int = 0) -> str
     """The property that lets one generic rule serve the op ``y = fn(x)``.
 
     Returns ``"positive_linear"`` when ``fn`` is linear with non-negative coefficients,
-    ``"pointwise"`` when it applies one scalar function to every element, None otherwise (or
+    ``"pointwise"`` when it applies one scalar function to every element, ``"selection"`` when
+    it is neither but every output is one of its input's elements and it commutes with scaling
+    by 2 (a choice by value: ``amax``, sorted values), None otherwise (or
     when it cannot be run in float64 on an input shaped like ``example``). Random probes: a
     non-linear op passes the linearity check only by accident of the draw (tolerance 1e-9 in
     float64); the non-negativity check reads ``fn(|x|)`` and ``fn(e_i)`` for up to 8 one-hot
@@ -96,11 +101,22 @@ def probe(fn: Callable[[Tensor], Tensor], example: Tensor, seed: int = 0) -> str
                 return None
         return "positive_linear"
     if fx_.shape == x.shape:
+        # element-wise: changing some elements changes no other output, and one scalar
+        # function serves every element (the op commutes with a permutation of them)
+        mask = torch.rand(shape, generator=g) < 0.5
+        mask.view(-1)[0] = True
+        if mask.numel() > 1:
+            mask.view(-1)[1] = False
+        changed = run(torch.where(mask, torch.randn(shape, generator=g, dtype=x.dtype), x))
         perm = torch.randperm(x.numel(), generator=g)
         moved = run(x.reshape(-1)[perm].reshape(shape))
-        if moved is not None and torch.allclose(moved.reshape(-1), fx_.reshape(-1)[perm],
-                                                rtol=1e-12, atol=0, equal_nan=True):
+        if changed is not None and moved is not None and torch.allclose(
+                changed[~mask], fx_[~mask], rtol=0, atol=0, equal_nan=True) and torch.allclose(
+                moved.reshape(-1), fx_.reshape(-1)[perm], rtol=1e-12, atol=0, equal_nan=True):
             return "pointwise"
+    if fx_.numel() and bool(torch.isin(fx_.reshape(-1), x.reshape(-1)).all()) and (
+            (doubled := run(2 * x)) is not None and torch.equal(doubled, 2 * fx_)):
+        return "selection"  # each output one of the inputs, by value: not linear, so chosen
     return None
 
 
@@ -143,9 +159,9 @@ def decompose(gm: fx.GraphModule, ruleset: RuleSet) -> fx.GraphModule:
         tried |= todo
         for node in [n for n in graph.nodes if n.name in todo]:
             changed |= _handle(node, graph, gm, constants)
-    if not changed:
+    if not changed and not tried:
         return gm
-    return _module(gm, graph, constants)
+    return _module(gm, graph, constants)  # (also when only notes of what was tried changed)
 
 
 def _module(gm: fx.GraphModule, graph: fx.Graph, constants: dict[str, Tensor]
@@ -204,12 +220,18 @@ def _handle(node: fx.Node, graph: fx.Graph, gm: fx.GraphModule,
             node.kwargs = dict(input=node.args[position], fn=op, args=args, kwargs={},
                                position=position)
             node.args = ()
-            what = ("linear, non-negative coefficients" if kind == "positive_linear"
-                    else "element-wise")
+            what = {"positive_linear": "linear, non-negative coefficients",
+                    "selection": "a selection by value", "pointwise": "element-wise"}[kind]
             node.meta[_FUSED] = f"{name} ({what}: probed)"
-            node.meta[DECOMPOSITION] = f"{name}: probed {what} -> {kind}"
+            _note(node, f"{name}: probed {what} -> {kind}")
             return True
     return _decompose_node(node, graph, op, name, flat, spec, places, vals, constants)
+
+
+def _note(node: fx.Node, text: str) -> None:
+    """Record ``text`` in the node's meta, after what is there (an inlined node's origin)."""
+    before = node.meta.get(DECOMPOSITION)
+    node.meta[DECOMPOSITION] = text if not before else f"{before}; {text}"
 
 
 def _probe_node(op: torch._ops.OpOverload, node: fx.Node, val: Tensor) -> str | None:

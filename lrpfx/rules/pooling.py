@@ -10,6 +10,10 @@ the rule set option ``max_pool_divide=True`` reproduces them.)
 ``positive_linear`` is any op ``y = T x`` with ``T ≥ 0`` (DESIGN.md §4.1 with ``ha = f(|x|)``):
 ``f(|x|) = T|x|``, so ``VJP_x(h + ha; s) = (1 + sign x) ⊙ Tᵀs`` and ``R_x = 2 x⁺ ⊙ Tᵀs``, i.e.
 Eq. 12 of the paper with weights ``t_ij ≥ 0``. One VJP of the op itself by local autograd.
+
+``selection`` is any op that picks each output among its input's elements by value (``amax``,
+``max`` over a dim): the formula by local autograd (``T_h(s) + sign(x) T_ha(s)``, the winners
+at ``x`` and at ``|x|``), with max pooling's ``s = R_y`` (option ``max_pool_divide``).
 """
 
 from __future__ import annotations
@@ -94,3 +98,7 @@ def _positive_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, o
 
 
 ABSLRP.register(RuleSpec("positive_linear", AbsLRPFunction, _positive_linear_vjp))
+ABSLRP.register(RuleSpec(
+    "selection", AbsLRPFunction, abs_branch_vjp, divide=False,
+    configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
+))
