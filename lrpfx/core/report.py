@@ -97,8 +97,9 @@ class CoverageReport:
         if all_nodes:
             rows += self.off_path
         header: tuple[str, ...] = ("status", "node", "op", "canonical", "rule", "module")
-        data = [(n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
-                 n.canonical or "-", n.rule, n.module or "-") for n in rows]
+        data: list[tuple[str, ...]] = [
+            (n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
+             n.canonical or "-", n.rule, n.module or "-") for n in rows]
         if any(n.decomposition for n in rows):  # what lrpfx.passes.decompose did or tried
             header += ("decomposition",)
             data = [(*r, n.decomposition or "-") for r, n in zip(data, rows)]

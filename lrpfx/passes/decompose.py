@@ -330,7 +330,7 @@ def _inline(sub: fx.GraphModule, node: fx.Node, graph: fx.Graph, operands: list[
     if isinstance(out, (list, tuple)):  # a tuple result: read through getitem
         for user in list(node.users):
             if user.op == "call_function" and user.target is operator.getitem:
-                user.replace_all_uses_with(out[user.args[1]])
+                user.replace_all_uses_with(out[int(user.args[1])])  # type: ignore[arg-type]
                 graph.erase_node(user)
     else:
         node.replace_all_uses_with(out)

@@ -17,6 +17,7 @@ mode is the affine map ``x · γ/√(σ²+ε) + const`` per channel.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -59,7 +60,8 @@ def _pointwise_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -
     dense = torch.ops.aten.convolution(s, weight, None, [1] * n, [0] * n, [1] * n, True,
                                        [0] * n, st["groups"])
     out = s.new_zeros(x.shape)
-    out[(..., *(slice(None, None, k) for k in st["stride"]))] = dense
+    index: tuple[Any, ...] = (..., *(slice(None, None, k) for k in st["stride"]))
+    out[index] = dense
     return out
 
 
@@ -104,7 +106,9 @@ def _linear_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _weight(call: RuleCall) -> Tensor:
-    return call.constant("weight")
+    w = call.constant("weight")
+    assert w is not None  # affine ops always have a weight
+    return w
 
 
 def _bn_scale(call: RuleCall) -> Tensor:
@@ -138,7 +142,8 @@ def _linear_family(op: str, transpose: Transpose, both: Both,
 
     def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
             ) -> dict[str, Tensor]:
-        x = inputs.get("input")
+        # the input (conv: a stand-in of its shape); linear keeps none, its transpose needs none
+        x = cast(Tensor, inputs.get("input"))
         if "input" in call.nonneg:  # 2 W⁺ᵀ s, the constant 2 dropped
             return {"input": transpose(call, x, s, call.derived("pos_weight"))}
         plain, absolute = both(call, x, s)
