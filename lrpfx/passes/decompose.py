@@ -43,7 +43,9 @@ from torch.utils import _pytree as pytree
 
 from lrpfx.core import ops
 from lrpfx.core.report import DECOMPOSITION
-from lrpfx.passes.canonicalize import _FUSED, CANONICAL, IO, UNKNOWN, canonicalize, spelling
+from lrpfx.core.spellings import spelling
+from lrpfx.passes.canonicalize import CANONICAL, IO, UNKNOWN, canonicalize
+from lrpfx.passes.patterns import SOURCE
 from lrpfx.rules.base import RuleSet
 
 ROUNDS = 4
@@ -222,7 +224,7 @@ def _handle(node: fx.Node, graph: fx.Graph, gm: fx.GraphModule,
             node.args = ()
             what = {"positive_linear": "linear, non-negative coefficients",
                     "selection": "a selection by value", "pointwise": "element-wise"}[kind]
-            node.meta[_FUSED] = f"{name} ({what}: probed)"
+            node.meta[SOURCE] = f"{name} ({what}: probed)"
             _note(node, f"{name}: probed {what} -> {kind}")
             return True
     return _decompose_node(node, graph, op, name, flat, spec, places, vals, constants)

@@ -84,10 +84,15 @@ def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _deconv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
-    """``T_W(s)`` of a transposed convolution: the convolution it is the adjoint of (its
-    ``output_padding`` only adds output rows this convolution never reads)."""
+    """``T_W(s)`` of a transposed convolution: the convolution it is the adjoint of, cropped to
+    the input's size (with ``output_padding`` ≥ stride, possible under dilation, that
+    convolution has trailing outputs no input position maps to)."""
     st = call.static
-    return ops.conv(s, weight, None, st["stride"], st["padding"], st["dilation"], st["groups"])
+    t = ops.conv(s, weight, None, st["stride"], st["padding"], st["dilation"], st["groups"])
+    if t.shape[2:] != x.shape[2:]:
+        index: tuple[Any, ...] = (..., *(slice(0, n) for n in x.shape[2:]))
+        t = t[index]
+    return t
 
 
 def _deconv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,7 +140,7 @@ def _linear_family(op: str, transpose: Transpose, both: Both,
     def prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         # the transposed convolution reads its input's shape only; sign(x) once, not per pass
         x = inputs["input"]
-        kept = {"input": _shape_of(x)} if op == "conv" else {}
+        kept = {"input": _shape_of(x)} if op in ("conv", "conv_transpose") else {}
         if "input" not in call.nonneg:
             kept["sign"] = torch.sign(x)
         return kept
