@@ -296,7 +296,15 @@ TIMM_BEYOND = {
     "efficientvit_m0": 64, "hiera_small_224": 64, "crossvit_9_240": 240,
     "mobilevitv2_075": None, "fastvit_sa12": None, "davit_tiny": None,
 }
-BEYOND_SLOW = frozenset({"mvit_v1_b", "swin3d_t", "crossvit_9_240"})
+# Too slow for the per-commit budget (> ~10 s each on a loaded 2-core machine, or huge
+# inputs): ``bench/coverage.py --family beyond`` runs them, ``tests/test_coverage_beyond.py``
+# does not. Each op they need is exercised per commit by a faster model or by
+# ``tests/test_decompose.py`` (e.g. bilinear upsampling: lraspp, segformer; amax: the tests).
+BEYOND_SLOW = frozenset({
+    "mvit_v1_b", "swin3d_t", "crossvit_9_240", "fcn_resnet50", "deeplabv3_resnet50", "t5",
+    "mobilevit_xxs", "gcvit_xxtiny", "efficientvit_m0", "hiera_small_224", "mobilevitv2_075",
+    "fastvit_sa12", "davit_tiny",
+})
 
 
 def _torchvision_beyond() -> list[Case]:
@@ -310,8 +318,9 @@ def _torchvision_beyond() -> list[Case]:
         return lambda: fn(weights=None, num_classes=10)
 
     return [
-        Case("fcn_resnet50", "beyond", s(seg.fcn_resnet50), _image(), score=_dense),
-        Case("deeplabv3_resnet50", "beyond", s(seg.deeplabv3_resnet50), _image(), score=_dense),
+        Case("fcn_resnet50", "beyond", s(seg.fcn_resnet50), _image(), score=_dense, slow=True),
+        Case("deeplabv3_resnet50", "beyond", s(seg.deeplabv3_resnet50), _image(), score=_dense,
+             slow=True),
         Case("lraspp_mobilenet_v3_large", "beyond", s(seg.lraspp_mobilenet_v3_large), _image(),
              score=_dense),
         Case("r3d_18", "beyond", v(video.r3d_18), _video(4, 32)),
@@ -363,7 +372,7 @@ def _hf_beyond() -> list[Case]:
         Case("t5", "beyond", lambda: t.T5ForSequenceClassification(t.T5Config(
             vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
             num_labels=3, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)),
-            _ids(eos=1)),
+            _ids(eos=1), slow=True),
         Case("llama_lm", "beyond", causal(t.LlamaConfig, t.LlamaForCausalLM), _ids(),
              score=_next_token),
         Case("qwen2_lm", "beyond", causal(t.Qwen2Config, t.Qwen2ForCausalLM), _ids(),
@@ -524,17 +533,24 @@ def check(case: Case, model: nn.Module | None = None) -> Result:
 
 def _check_score(case: Case, explainer: Any, x: torch.Tensor | None, inputs: dict[str, Any],
                  result: Result) -> Result:
-    """Maps for the two best-scoring classes of each example (callable targets): finite, not
-    all zero, different. (absLRP rightly gives a class whose score is negative everywhere
-    no relevance, so the classes are taken from the top.)"""
+    """Maps for each example's two best-scoring classes (callable targets), each class's score
+    against the mean of the others' (as a contrastive map contrasts; a class whose score is
+    negative everywhere would otherwise rightly get no relevance, and positive-only maps of a
+    random network hardly depend on the class): finite, not all zero, different."""
     assert case.score is not None
     score = case.score
+
+    def against_others(out: Any, c: torch.Tensor) -> torch.Tensor:
+        s = score(out)
+        mine = s.gather(1, c[:, None])[:, 0]
+        return mine - (s.sum(1) - mine) / (s.shape[1] - 1)
+
     args = (x,) if x is not None else ()
     with torch.no_grad():
         ranked = score(explainer(*args, **inputs)).argsort(1, descending=True)[:, :2]
     t0 = time.perf_counter()
-    maps = [explainer.explain(x, target=lambda out, c=c: score(out).gather(
-        1, c[:, None])[:, 0], **inputs) for c in ranked.unbind(1)]
+    maps = [explainer.explain(x, target=lambda out, c=c: against_others(out, c), **inputs)
+            for c in ranked.unbind(1)]
     result.explain_s = (time.perf_counter() - t0) / 2
     for c, r in enumerate(maps):
         if not torch.isfinite(r).all():
@@ -543,7 +559,7 @@ def _check_score(case: Case, explainer: Any, x: torch.Tensor | None, inputs: dic
         if not r.abs().amax() > 0:
             result.error = f"the map for class {c} is all zero"
             return result
-    if not (maps[0] - maps[1]).abs().amax() > 1e-4:
+    if not (maps[0] - maps[1]).abs().amax() > 1e-3 * maps[0].abs().amax():
         result.error = "the map does not change with the target"
         return result
     result.ok = True
