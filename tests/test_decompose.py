@@ -115,8 +115,9 @@ def _autocast_off(x: Tensor) -> Tensor:
 
 
 def _no_grad_region(x: Tensor) -> Tensor:
-    with torch.set_grad_enabled(True):  # export keeps it as wrap_with_set_grad_enabled
-        return torch.tanh(x) * 2.0
+    with torch.no_grad():  # export keeps it as wrap_with_set_grad_enabled: inlined
+        y = torch.tanh(x) * 2.0
+    return y + x
 
 
 def _baddbmm(x: Tensor) -> Tensor:
@@ -132,7 +133,7 @@ CASES = {
     "upsample_bicubic": (lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"),
                          "decomposed from aten.upsample_bicubic2d"),
     "pad_reflect": (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "probed linear"),
-    "pad_circular": (lambda x: F.pad(x, (1, 1, 1, 1), mode="circular"), ""),
+    "pad_circular": (lambda x: F.pad(x, (1, 1, 1, 1), mode="circular"), "probed linear"),
     "repeat_interleave": (lambda x: x.repeat_interleave(2, dim=1), "probed linear"),
     "pixel_shuffle": (lambda x: F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2), ""),
     "addcmul": (lambda x: torch.addcmul(x, x, x, value=0.1), "decomposed from aten.addcmul"),
@@ -143,7 +144,7 @@ CASES = {
     "amax": (lambda x: x.amax(dim=(2, 3), keepdim=True) + x, "selection"),
     "vector_norm": (_grn, "linalg_vector_norm"),
     "autocast_disabled": (_autocast_off, "inlined from wrap_with_autocast"),
-    "set_grad_enabled": (_no_grad_region, ""),
+    "set_grad_enabled": (_no_grad_region, "inlined from wrap_with_set_grad_enabled"),
     "upsample_3d": (lambda x: F.interpolate(x.unsqueeze(2), scale_factor=(1, 2, 2),
                                             mode="trilinear").squeeze(2), "probed linear"),
 }
