@@ -189,7 +189,8 @@ def max_pool(
     dilation: Sequence[int],
     ceil_mode: bool,
 ) -> Tensor:
-    return _MAX_POOL[len(kernel_size)](input, kernel_size, stride, padding, dilation, ceil_mode)
+    fn: Callable[..., Tensor] = _MAX_POOL[len(kernel_size)]  # 1-3 d stubs differ
+    return fn(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def avg_pool(
@@ -201,21 +202,22 @@ def avg_pool(
     count_include_pad: bool,
     divisor_override: int | None,
 ) -> Tensor:
-    fn = _AVG_POOL[len(kernel_size)]
+    fn: Callable[..., Tensor] = _AVG_POOL[len(kernel_size)]  # 1-3 d stubs differ
     if len(kernel_size) == 1:  # avg_pool1d has no divisor_override
         return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
     return fn(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def adaptive_avg_pool(input: Tensor, output_size: Sequence[int | None]) -> Tensor:
-    return _ADAPTIVE_AVG_POOL[len(output_size)](input, output_size)
+    fn: Callable[..., Tensor] = _ADAPTIVE_AVG_POOL[len(output_size)]  # 1-3 d stubs differ
+    return fn(input, output_size)
 
 
-def mean(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:
+def mean(input: Tensor, dim: list[int] | None, keepdim: bool) -> Tensor:
     return torch.mean(input, dim=dim, keepdim=keepdim)
 
 
-def sum(input: Tensor, dim: Sequence[int] | None, keepdim: bool) -> Tensor:  # noqa: A001
+def sum(input: Tensor, dim: list[int] | None, keepdim: bool) -> Tensor:  # noqa: A001
     return torch.sum(input, dim=dim, keepdim=keepdim)
 
 
@@ -273,13 +275,27 @@ def additive_mask(x: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None
     return add
 
 
+def dead_rows(z: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``(z', dead)``: ``dead`` marks the rows of ``z`` along ``dim`` that are ``-inf``
+    throughout (an attention query whose mask allows no key), ``z'`` is ``z`` with those rows set
+    to 0, so that a softmax of ``z'`` is finite and so is its gradient (``-inf - -inf`` is NaN)."""
+    dead = torch.isneginf(z).all(dim, keepdim=True)
+    return z.masked_fill(dead, 0.0), dead
+
+
 def softmax(
     input: Tensor, dim: int, mask: Tensor | None = None, causal: bool = False
 ) -> Tensor:
     """Softmax over ``dim`` of ``input`` plus an optional attention mask (bool: True = keep;
-    float: added) and causal mask. A plain softmax has neither."""
+    float: added) and causal mask. A plain softmax has neither.
+
+    A row the masks leave no position in is 0, as in ``scaled_dot_product_attention`` (where a
+    plain softmax of all ``-inf`` gives NaN)."""
     add = additive_mask(input, mask, causal)
-    return torch.softmax(input if add is None else input + add, dim)
+    if add is None:
+        return torch.softmax(input, dim)
+    z, dead = dead_rows(input + add, dim)
+    return torch.softmax(z, dim).masked_fill(dead, 0.0)
 
 
 def matmul(input: Tensor, other: Tensor) -> Tensor:

@@ -43,12 +43,12 @@ class _Collect(torch.autograd.Function):
     """Identity forward; backward: ``R = x ⊙ g`` normalised per example, returned as ``G``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(x)
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
         (x,) = ctx.saved_tensors
         return normalised_gradient(grad, x)
 
@@ -69,7 +69,7 @@ class PlainCall(nn.Module):
         self.__dict__["call"] = call
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        call = self.call
+        call: RuleCall = self.__dict__["call"]
         args = call.arguments(inputs)
         return call.op(**args) if call.spec.plain is None else call.spec.plain(call, args)
 
@@ -144,7 +144,7 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
     outside: list[fx.Node] = []
     # a merge inside the branch (nested residuals) is replayed as its plain op: its collector
     # is an identity here, its own replay and extra input are left out
-    mods = {n: gm.get_submodule(n.target) for n in nodes if n.op == "call_module"}
+    mods = {n: gm.get_submodule(str(n.target)) for n in nodes if n.op == "call_module"}
     replays = {n for n, m in mods.items() if isinstance(m, PlainBranch)}
     members = set(nodes) - replays
 
@@ -164,10 +164,10 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
         if n in replays:
             continue
         mod = mods.get(n)
-        if isinstance(mod, MergeCollector):
+        if isinstance(mod, MergeCollector) and isinstance(n.args[0], fx.Node):
             env[n] = env[n.args[0]]
         elif mod is not None:
-            name = n.target.replace(".", "_")
+            name = str(n.target).replace(".", "_")
             root[name] = PlainCall(mod) if isinstance(mod, RuleCall) else mod
             env[n] = graph.call_module(name, fx.map_arg(args_of(n), env.__getitem__),
                                        fx.map_arg(n.kwargs, env.__getitem__))

@@ -95,7 +95,7 @@ def _rms_statistic(stat: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, list[int
 
 def _normalized_shape(x: fx.Node, dims: list[int], weight_shape: Any) -> list[int] | None:
     """The sizes of the trailing dims ``dims`` reduces over (None if they are not trailing)."""
-    val = x.meta.get("val")
+    val: Any = x.meta.get("val")
     rank = val.dim() if hasattr(val, "dim") else None
     if rank is not None:
         dims = [d - rank if d >= 0 else d for d in dims]
@@ -110,6 +110,68 @@ def _normalized_shape(x: fx.Node, dims: list[int], weight_shape: Any) -> list[in
     return [-1] * k  # a traced graph carries no shapes; only the number of dims matters
 
 
+def _rms_head(root: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+    """``other · rsqrt(stat)`` or ``other / sqrt(stat)`` at ``root`` (the rsqrt/sqrt):
+    (the mul/div, other, stat), or None."""
+    name = _call_name(root, gm)
+    stat = root.args[0] if root.args else None
+    user = _only_user(root)
+    if name not in ("rsqrt", "sqrt") or not isinstance(stat, fx.Node) or user is None \
+            or _only_user(stat) is not root or len(user.args) != 2 or is_inplace(user):
+        return None
+    user_name = _call_name(user, gm)
+    if name == "rsqrt" and user_name == "mul":
+        others = [a for a in user.args if a is not root]
+    elif name == "sqrt" and user_name in ("div", "truediv") and user.args[1] is root \
+            and user.kwargs.get("rounding_mode") is None:
+        others = [user.args[0]]
+    else:
+        return None
+    other = others[0] if len(others) == 1 else None
+    return (user, other, stat) if isinstance(other, fx.Node) else None
+
+
+def _rms_weight(user: fx.Node, x: fx.Node, dynamic: set[fx.Node], gm: fx.GraphModule
+                ) -> tuple[fx.Node, fx.Node | None, tuple[int, ...] | None]:
+    """After the normalised ``user``: optional casts, then ``weight *`` with a constant weight of
+    the input's shape. (the last node of the norm, the weight, its shape); without a weight the
+    norm ends at ``user`` (casts without a weight stay as they are)."""
+    end, nxt = user, _only_user(user)
+    while nxt is not None and _call_name(nxt, gm) in _CASTS and nxt.args[0] is end:
+        end, nxt = nxt, _only_user(nxt)
+    if nxt is None or _call_name(nxt, gm) != "mul" or len(nxt.args) != 2 or nxt.kwargs \
+            or is_inplace(nxt):
+        return user, None, None
+    w = nxt.args[0] if nxt.args[1] is end else nxt.args[1]
+    if not isinstance(w, fx.Node) or w in dynamic:
+        return user, None, None
+    w_val, out_val, x_val = w.meta.get("val"), nxt.meta.get("val"), x.meta.get("val")
+    if w_val is not None and out_val is not None and x_val is not None:
+        if tuple(out_val.shape) == tuple(x_val.shape):
+            return nxt, w, tuple(w_val.shape)
+    elif w.op == "get_attr":
+        t: Any = gm
+        for part in str(w.target).split("."):
+            t = getattr(t, part)
+        return nxt, w, tuple(t.shape)
+    return user, None, None
+
+
+def _erase(graph: fx.Graph, pattern: set[fx.Node]) -> None:
+    """Erase the nodes of ``pattern`` nothing reads any more (metadata asserts aside)."""
+    changed = True
+    while changed:
+        changed = False
+        for dead in list(pattern):
+            if all(_is_check(u) for u in dead.users):
+                for check in list(dead.users):
+                    graph.erase_node(check)
+            if not dead.users:
+                graph.erase_node(dead)
+                pattern.discard(dead)
+                changed = True
+
+
 def fuse_rms_norms(graph: fx.Graph, gm: fx.GraphModule) -> None:
     """Rewrite RMS norms spelt out as ``x · rsqrt(mean(x², -1) + eps)`` (or ``x / sqrt(...)``),
     optionally followed by a dtype cast and ``· weight`` with a constant weight (Hugging Face's
@@ -119,61 +181,23 @@ def fuse_rms_norms(graph: fx.Graph, gm: fx.GraphModule) -> None:
         if node.op == "placeholder" or any(a in dynamic for a in node.all_input_nodes):
             dynamic.add(node)
     for root in list(graph.nodes):
-        name = _call_name(root, gm)
-        if name not in ("rsqrt", "sqrt") or not root.args or not isinstance(root.args[0],
-                                                                            fx.Node):
+        head = _rms_head(root, gm)
+        found = None if head is None else _rms_statistic(head[2], gm)
+        if head is None or found is None:
             continue
-        user = _only_user(root)
-        user_name = _call_name(user, gm)
-        if name == "rsqrt" and user_name == "mul" and len(user.args) == 2:
-            others = [a for a in user.args if a is not root]
-        elif name == "sqrt" and user_name in ("div", "truediv") and len(user.args) == 2 \
-                and user.args[1] is root and user.kwargs.get("rounding_mode") is None:
-            others = [user.args[0]]
-        else:
+        user, x, stat = head
+        squared, dims, eps = found
+        if _uncast(squared, gm) is not _uncast(x, gm):
             continue
-        stat = root.args[0]
-        if _only_user(stat) is not root or len(others) != 1 or not isinstance(others[0], fx.Node) \
-                or is_inplace(user):
-            continue
-        found = _rms_statistic(stat, gm)
-        if found is None:
-            continue
-        x, dims, eps = found
-        if _uncast(x, gm) is not _uncast(others[0], gm):
-            continue
-        x = others[0]
-        # an optional cast, then `weight * normed` with a constant weight of the same shape
-        end, weight = user, None
-        nxt = _only_user(end)
-        while nxt is not None and _call_name(nxt, gm) in _CASTS and nxt.args[0] is end:
-            end, nxt = nxt, _only_user(nxt)
-        w_shape = None
-        if _call_name(nxt, gm) == "mul" and len(nxt.args) == 2 and not nxt.kwargs \
-                and not is_inplace(nxt):
-            w = nxt.args[0] if nxt.args[1] is end else nxt.args[1]
-            w_val, out_val = getattr(w, "meta", {}).get("val"), nxt.meta.get("val")
-            x_val = x.meta.get("val")
-            if isinstance(w, fx.Node) and w not in dynamic:
-                if w_val is not None and out_val is not None and x_val is not None:
-                    if tuple(out_val.shape) == tuple(x_val.shape):
-                        weight, w_shape = w, tuple(w_val.shape)
-                elif w.op == "get_attr":
-                    t = gm
-                    for part in str(w.target).split("."):
-                        t = getattr(t, part)
-                    weight, w_shape = w, tuple(t.shape)
-        if weight is None:
-            end = user  # casts without a weight stay as they are
-        else:
-            end = nxt
+        end, weight, w_shape = _rms_weight(user, x, dynamic, gm)
         shape = _normalized_shape(x, dims, w_shape)
         if shape is None:
             continue
         with graph.inserting_before(end):
             fused = graph.call_function(ops.rms_norm, (), dict(
                 input=x, normalized_shape=shape, weight=weight, eps=eps))
-        fused.meta = {k: v for k, v in end.meta.items()}
+        fused.meta = dict(end.meta)
+        name = _call_name(root, gm)
         fused.meta[SOURCE] = (f"{spelling(root, gm)} (RMS norm: mean of squares, {name}, "
                               f"{'mul' if name == 'rsqrt' else 'div'}"
                               f"{', mul by weight' if weight is not None else ''})")
@@ -193,17 +217,7 @@ def fuse_rms_norms(graph: fx.Graph, gm: fx.GraphModule) -> None:
                 continue
             pattern.add(n)
             frontier += n.all_input_nodes
-        changed = True
-        while changed:
-            changed = False
-            for dead in list(pattern):
-                if all(_is_check(u) for u in dead.users):
-                    for check in list(dead.users):
-                        graph.erase_node(check)
-                if not dead.users:
-                    graph.erase_node(dead)
-                    pattern.discard(dead)
-                    changed = True
+        _erase(graph, pattern)
 
 
 _NORMS = frozenset({"linalg_vector_norm", "vector_norm", "norm"})
@@ -241,7 +255,9 @@ def fuse_normalize(graph: fx.Graph, gm: fx.GraphModule) -> None:
         x, denom = div.args
         if not isinstance(x, fx.Node) or not isinstance(denom, fx.Node):
             continue
-        pattern, n, eps = [], denom, None
+        pattern: list[fx.Node] = []
+        n: Any = denom
+        eps = None
         while _call_name(n, gm) in ("expand", "expand_as") and _only_user(n) is not None:
             pattern.append(n)
             n = n.args[0]

@@ -9,7 +9,7 @@ absLRP (DESIGN.md §4.1, reference semantics):
 - ``y = A @ B`` with both operands activations: each operand gets its own pass with the other
   held as a weight: ``VJP_A = s Bᵀ + sign(A) ⊙ s |B|ᵀ``, ``VJP_B = Aᵀ s + sign(B) ⊙ |A|ᵀ s``,
   each normalised on its own. ``scaled_dot_product_attention`` reaches these rules decomposed
-  into scale, ``q @ kᵀ``, masked softmax, ``@ v`` (see ``passes/canonicalize.py``).
+  into scale, ``q @ kᵀ``, masked softmax, ``@ v`` (see ``passes/attention.py``).
   Two-operand ``einsum`` follows the same rule, through local autograd.
 """
 
@@ -30,8 +30,7 @@ def _softmax_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     dim = call.static["dim"]
     add = ops.additive_mask(x, call.arguments(inputs).get("mask"),
                             call.static.get("causal", False))
-    ax = x.abs() if add is None else x.abs() + add
-    ha = torch.softmax(ax, dim)
+    ha = ops.softmax(x.abs(), dim, add)  # 0 on rows the mask leaves nothing in, as the forward
     sign = torch.sign(x)
     if add is not None:  # masked positions: -inf + finite; keep them out of 0 * inf
         sign = sign.masked_fill(torch.isinf(add.expand_as(x)), 0)
@@ -43,8 +42,9 @@ def _softmax_plain(call: RuleCall, args: dict) -> Tensor:
     add = ops.additive_mask(args["input"], args.get("mask"), call.static.get("causal", False))
     z = args["input"] if add is None else args["input"] + add
     dim = call.static["dim"]
+    z, dead = ops.dead_rows(z, dim)  # rows the mask leaves nothing in: 0, as the forward
     e = (z - z.amax(dim, keepdim=True).detach()).exp()
-    return e / e.sum(dim, keepdim=True).detach()
+    return (e / e.sum(dim, keepdim=True).detach()).masked_fill(dead, 0.0)
 
 
 def _matmul_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
