@@ -4,6 +4,7 @@ Run (from the repository root)::
 
     .venv/bin/python bench/coverage.py                        # all 112 models (~12 min, 1 core)
     .venv/bin/python bench/coverage.py --family timm
+    .venv/bin/python bench/coverage.py --family beyond         # issue 17: beyond classification
     .venv/bin/python bench/coverage.py --only resnet --only vit
     .venv/bin/python bench/coverage.py --size                 # add parameter counts
     .venv/bin/python bench/coverage.py --json coverage.json
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", action="append", default=[],
                    help="keep models whose name contains SUBSTR (repeatable)")
-    p.add_argument("--family", choices=["torchvision", "timm", "hf"])
+    p.add_argument("--family", choices=["torchvision", "timm", "hf", "beyond"],
+                   help="one family ('beyond': segmentation, video, audio, detection, causal "
+                   "LMs, a U-Net, newer timm families; only run when named)")
     p.add_argument("--size", action="store_true", help="add a parameter-count column")
     p.add_argument("--skip-slow", action="store_true",
                    help="leave out the models marked slow in the test suite")
@@ -89,14 +92,40 @@ def main(argv: list[str] | None = None) -> int:
                          failing_ops=result.failing_ops, nodes=result.nodes,
                          compile_s=result.compile_s, explain_s=result.explain_s, total_s=total,
                          slow=case.slow, params_m=params,
-                         max_forward_diff=result.max_forward_diff))
+                         max_forward_diff=result.max_forward_diff,
+                         decomposed=result.decomposed))
         del model
         gc.collect()
     print(f"\n{passed}/{len(cases)} passed in {time.perf_counter() - start:.0f} s "
           f"(torch {torch.__version__})")
+    _summary(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0 if passed == len(cases) else 1
+
+
+def _summary(rows: list[dict]) -> None:
+    """Per family: tried / passed / the failing ops; then what the decomposition pass handled
+    (ops with no hand-written rule), with the models it handled them in."""
+    print("\n| family | tried | passed | failing op(s) (models) |\n|---|---|---|---|")
+    for family in sorted({r["family"] for r in rows}):
+        mine = [r for r in rows if r["family"] == family]
+        failing: dict[str, int] = {}
+        for r in mine:
+            if not r["ok"]:
+                for op in r["failing_ops"] or [r["error"][:60]]:
+                    failing[op] = failing.get(op, 0) + 1
+        text = ", ".join(f"{op} ({n})" for op, n in sorted(failing.items())) or "-"
+        print(f"| {family} | {len(mine)} | {sum(r['ok'] for r in mine)} | "
+              f"{text.replace('|', chr(92) + '|')} |")
+    routes: dict[str, set[str]] = {}
+    for r in rows:
+        for line in r.get("decomposed") or []:
+            routes.setdefault(line, set()).add(r["model"])
+    if routes:
+        print("\n| handled by lrpfx.passes.decompose | models |\n|---|---|")
+        for line, models in sorted(routes.items()):
+            print(f"| {line} | {', '.join(sorted(models))} |")
 
 
 if __name__ == "__main__":

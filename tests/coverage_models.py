@@ -44,6 +44,10 @@ class Case:
     slow: bool = False
     """Big: ``tests/test_coverage_slow.py`` (one file, so one worker), skipped with
     ``LRPFX_SKIP_SLOW=1``."""
+    score: Callable[[Any], torch.Tensor] | None = None
+    """Outputs that are not ``(B, C)`` class scores (segmentation maps, next-token logits,
+    detection queries): ``score(output)`` is a ``(B, C)`` score per class, and one class's
+    column is explained as a callable target. None: class targets, contrastive maps."""
 
     @property
     def id(self) -> str:
@@ -211,9 +215,210 @@ def hf_cases() -> list[Case]:
     return cases
 
 
+# ----------------------------------------------------------------------------- beyond (issue 17)
+
+
+def _dense(out: Any) -> torch.Tensor:
+    """Each class's logits summed over every pixel (or token) of a dense output."""
+    return _logits(out).flatten(2).sum(2)
+
+
+def _next_token(out: Any) -> torch.Tensor:
+    """Each token's logit at the last position (a causal LM's next-token scores)."""
+    return _logits(out)[:, -1]
+
+
+def _first_query(out: Any) -> torch.Tensor:
+    """Each class's logit of the first detection query."""
+    return _logits(out)[:, 0]
+
+
+class UNet(nn.Module):
+    """A small U-Net: two downsampling stages, ``ConvTranspose2d`` upsampling, skip
+    concatenations, a per-pixel class head."""
+
+    def __init__(self, classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.ReLU())
+
+        w = width
+        self.down1, self.down2, self.bottom = block(3, w), block(w, 2 * w), block(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = block(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = block(2 * w, w)
+        self.head = nn.Conv2d(w, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d1 = self.down1(x)
+        d2 = self.down2(self.pool(d1))
+        b = self.bottom(self.pool(d2))
+        u2 = self.dec2(torch.cat([self.up2(b), d2], 1))
+        u1 = self.dec1(torch.cat([self.up1(u2), d1], 1))
+        return self.head(u1)
+
+
+def _video(frames: int, size: int) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        g = torch.Generator().manual_seed(1)
+        return {"x": torch.randn(BATCH, 3, frames, size, size, generator=g)}
+
+    return make
+
+
+def _floats(name: str, *shape: int) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        g = torch.Generator().manual_seed(1)
+        return {name: torch.randn(BATCH, *shape, generator=g)}
+
+    return make
+
+
+def _ids(length: int = 8, vocab: int = 100, eos: int | None = None
+         ) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, vocab - 10, (BATCH, length), generator=g)
+        if eos is not None:
+            ids[:, -1] = eos
+        return {"input_ids": ids, "attention_mask": torch.ones(BATCH, length, dtype=torch.long)}
+
+    return make
+
+
+# timm families newer than the classification list (name: img_size kwarg or None)
+TIMM_BEYOND = {
+    "hrnet_w18_small": None, "mobilevit_xxs": None, "gcvit_xxtiny": 64, "convnextv2_nano": None,
+    "efficientvit_m0": 64, "hiera_small_224": 64, "crossvit_9_240": 240,
+    "mobilevitv2_075": None, "fastvit_sa12": None, "davit_tiny": None,
+}
+# Too slow for the per-commit budget (> ~10 s each on a loaded 2-core machine, or huge
+# inputs): ``bench/coverage.py --family beyond`` runs them, ``tests/test_coverage_beyond.py``
+# does not. Each op they need is exercised per commit by a faster model or by
+# ``tests/test_decompose.py`` (e.g. bilinear upsampling: lraspp, segformer; amax: the tests).
+BEYOND_SLOW = frozenset({
+    "mvit_v1_b", "swin3d_t", "crossvit_9_240", "fcn_resnet50", "deeplabv3_resnet50", "t5",
+    "mobilevit_xxs", "gcvit_xxtiny", "efficientvit_m0", "hiera_small_224", "mobilevitv2_075",
+    "fastvit_sa12", "davit_tiny",
+})
+
+
+def _torchvision_beyond() -> list[Case]:
+    import torchvision.models.segmentation as seg
+    import torchvision.models.video as video
+
+    def s(fn: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+        return lambda: fn(weights=None, weights_backbone=None, num_classes=5)
+
+    def v(fn: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+        return lambda: fn(weights=None, num_classes=10)
+
+    return [
+        Case("fcn_resnet50", "beyond", s(seg.fcn_resnet50), _image(), score=_dense, slow=True),
+        Case("deeplabv3_resnet50", "beyond", s(seg.deeplabv3_resnet50), _image(), score=_dense,
+             slow=True),
+        Case("lraspp_mobilenet_v3_large", "beyond", s(seg.lraspp_mobilenet_v3_large), _image(),
+             score=_dense),
+        Case("r3d_18", "beyond", v(video.r3d_18), _video(4, 32)),
+        Case("mvit_v1_b", "beyond", v(video.mvit_v1_b), _video(16, 224), slow=True),
+        Case("swin3d_t", "beyond", v(video.swin3d_t), _video(4, 64), slow=True),
+    ]
+
+
+def _hf_beyond() -> list[Case]:
+    import transformers as t
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64)
+    lm = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64, max_position_embeddings=64, num_key_value_heads=1,
+              pad_token_id=1, bos_token_id=2, eos_token_id=2)
+
+    def causal(config: Callable[..., Any], model: Callable[..., nn.Module], **extra: Any
+               ) -> Callable[[], nn.Module]:
+        return lambda: model(config(**{**lm, **extra}))
+
+    audio = dict(num_labels=4, **small)
+    return [
+        Case("segformer", "beyond", lambda: t.SegformerForSemanticSegmentation(t.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+            num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+            decoder_hidden_size=16, num_labels=4)), _pixels(32), score=_dense),
+        Case("upernet", "beyond", lambda: t.UperNetForSemanticSegmentation(t.UperNetConfig(
+            backbone_config=t.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                             out_features=["stage1", "stage2", "stage3",
+                                                           "stage4"]),
+            hidden_size=16, auxiliary_in_channels=24, num_labels=4)), _pixels(64),
+            score=_dense),
+        Case("wav2vec2", "beyond", lambda: t.Wav2Vec2ForSequenceClassification(t.Wav2Vec2Config(
+            conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+            classifier_proj_size=16, **audio)), _floats("input_values", 400)),
+        Case("whisper", "beyond", lambda: t.WhisperForAudioClassification(t.WhisperConfig(
+            num_mel_bins=8, d_model=32, encoder_layers=2, encoder_attention_heads=2,
+            decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+            max_source_positions=16, num_labels=4, vocab_size=100)),
+            _floats("input_features", 8, 32)),
+        Case("ast", "beyond", lambda: t.ASTForAudioClassification(t.ASTConfig(
+            patch_size=8, max_length=32, num_mel_bins=16, frequency_stride=8, time_stride=8,
+            **audio)), _floats("input_values", 32, 16)),
+        Case("yolos", "beyond", lambda: t.YolosForObjectDetection(t.YolosConfig(
+            image_size=[32, 32], patch_size=8, num_detection_tokens=4, num_labels=5, **small)),
+            _pixels(32), score=_first_query),
+        Case("t5", "beyond", lambda: t.T5ForSequenceClassification(t.T5Config(
+            vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+            num_labels=3, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)),
+            _ids(eos=1), slow=True),
+        Case("llama_lm", "beyond", causal(t.LlamaConfig, t.LlamaForCausalLM), _ids(),
+             score=_next_token),
+        Case("qwen2_lm", "beyond", causal(t.Qwen2Config, t.Qwen2ForCausalLM), _ids(),
+             score=_next_token),
+        Case("mistral_lm", "beyond", causal(t.MistralConfig, t.MistralForCausalLM), _ids(),
+             score=_next_token),
+        Case("gemma2_lm", "beyond", causal(t.Gemma2Config, t.Gemma2ForCausalLM, head_dim=16),
+             _ids(), score=_next_token),
+        Case("phi3_lm", "beyond", causal(t.Phi3Config, t.Phi3ForCausalLM), _ids(),
+             score=_next_token),
+        Case("gpt2_lm", "beyond", lambda: t.GPT2LMHeadModel(t.GPT2Config(
+            vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64)), _ids(),
+            score=_next_token),
+        Case("bloom_lm", "beyond", lambda: t.BloomForCausalLM(t.BloomConfig(
+            vocab_size=100, hidden_size=32, n_layer=2, n_head=2)), _ids(), score=_next_token),
+        Case("falcon_lm", "beyond", lambda: t.FalconForCausalLM(t.FalconConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
+            _ids(), score=_next_token),
+    ]
+
+
+def beyond_cases() -> list[Case]:
+    """Issue 17's families beyond classification (segmentation, video, audio, detection,
+    causal LMs, a U-Net) and newer timm families."""
+    import timm
+
+    cases = [Case("unet", "beyond", UNet, _image(), score=_dense)]
+    for name, size in TIMM_BEYOND.items():
+        kwargs = {} if size is None else {"img_size": size}
+
+        def build(name: str = name, kwargs: dict = kwargs) -> nn.Module:
+            return timm.create_model(name, pretrained=False, **kwargs)
+
+        cases.append(Case(name, "beyond", build, _image(size or IMAGE),
+                          slow=name in BEYOND_SLOW))
+    cases += _torchvision_beyond()
+    cases += _hf_beyond()
+    return cases
+
+
 def all_cases(family: str | None = None) -> list[Case]:
-    """Every model of the coverage list (optionally one family)."""
+    """Every model of the coverage list (optionally one family; ``"beyond"``, issue 17's, only
+    when named)."""
     makers = {"torchvision": torchvision_cases, "timm": timm_cases, "hf": hf_cases}
+    if family == "beyond":
+        makers = {"beyond": beyond_cases}
     out: list[Case] = []
     for fam, make in makers.items():
         if family in (None, fam):
@@ -237,6 +442,8 @@ class Result:
     compile_s: float = float("nan")
     explain_s: float = float("nan")
     max_forward_diff: float = float("nan")
+    decomposed: list[str] = field(default_factory=list)
+    """What ``lrpfx.passes.decompose`` did in this model (origin lines of its report)."""
 
 
 def build(case: Case) -> nn.Module:
@@ -256,6 +463,8 @@ def build(case: Case) -> nn.Module:
 def _logits(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
+    if isinstance(out, dict) and "out" in out:  # torchvision segmentation
+        return out["out"]
     if hasattr(out, "logits"):
         return out.logits
     return out[0]
@@ -283,6 +492,7 @@ def check(case: Case, model: nn.Module | None = None) -> Result:
             return result
         result.compile_s = time.perf_counter() - t0
         result.nodes = len(explainer.graph_module.graph.nodes)
+        result.decomposed = sorted(explainer.report.decomposed)
         with torch.no_grad():
             got = _logits(explainer(*args, **inputs))
         diff = (got - expected).abs().max().item()
@@ -291,11 +501,13 @@ def check(case: Case, model: nn.Module | None = None) -> Result:
         if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * scale):
             result.error = f"forward differs from the model (max |diff| {diff:.2e})"
             return result
+        if case.score is not None:
+            return _check_score(case, explainer, x, inputs, result)
         t0 = time.perf_counter()
         parts = explainer.explain_parts(x, **inputs)
         result.explain_s = time.perf_counter() - t0
-        shape = x.shape if x is not None else inputs.get("input_ids", inputs.get(
-            "pixel_values")).shape
+        shape = x.shape if x is not None else next(
+            v for v in inputs.values() if isinstance(v, torch.Tensor)).shape
         for key in ("positive", "negative", "contrastive"):
             r = getattr(parts, key)
             if tuple(r.shape) != tuple(shape):
@@ -316,6 +528,41 @@ def check(case: Case, model: nn.Module | None = None) -> Result:
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         lines = str(e).strip().splitlines()
         result.error = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    return result
+
+
+def _check_score(case: Case, explainer: Any, x: torch.Tensor | None, inputs: dict[str, Any],
+                 result: Result) -> Result:
+    """Maps for each example's two best-scoring classes (callable targets), each class's score
+    against the mean of the others' (as a contrastive map contrasts; a class whose score is
+    negative everywhere would otherwise rightly get no relevance, and positive-only maps of a
+    random network hardly depend on the class): finite, not all zero, different."""
+    assert case.score is not None
+    score = case.score
+
+    def against_others(out: Any, c: torch.Tensor) -> torch.Tensor:
+        s = score(out)
+        mine = s.gather(1, c[:, None])[:, 0]
+        return mine - (s.sum(1) - mine) / (s.shape[1] - 1)
+
+    args = (x,) if x is not None else ()
+    with torch.no_grad():
+        ranked = score(explainer(*args, **inputs)).argsort(1, descending=True)[:, :2]
+    t0 = time.perf_counter()
+    maps = [explainer.explain(x, target=lambda out, c=c: against_others(out, c), **inputs)
+            for c in ranked.unbind(1)]
+    result.explain_s = (time.perf_counter() - t0) / 2
+    for c, r in enumerate(maps):
+        if not torch.isfinite(r).all():
+            result.error = f"the map for class {c} is not finite"
+            return result
+        if not r.abs().amax() > 0:
+            result.error = f"the map for class {c} is all zero"
+            return result
+    if not (maps[0] - maps[1]).abs().amax() > 1e-3 * maps[0].abs().amax():
+        result.error = "the map does not change with the target"
+        return result
+    result.ok = True
     return result
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 EPS = 1e-9
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 SMALLEST_MASS = [float("inf")]
@@ -89,6 +90,14 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, r: Tensor, stride: Sequ
                     [x], r, [weight, bias])[0]
 
 
+def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, r: Tensor,
+                   stride: Sequence[int], padding: Sequence[int], output_padding: Sequence[int],
+                   groups: int, dilation: Sequence[int]) -> Tensor:
+    fn = _CONV_T[weight.dim() - 2]
+    return abs_rule(lambda x, w, b: fn(x, w, b, stride, padding, output_padding, groups,
+                                       dilation), [x], r, [weight, bias])[0]
+
+
 def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     """Eval batch norm as ``x · w + c`` per channel: ``w = γ/√(var+eps)``, ``c = β − μ w``."""
     var, mean = bn.running_var.detach(), bn.running_mean.detach()
@@ -141,6 +150,13 @@ def _forward_and_rule(layer: nn.Module, max_pool_divide: bool):
         fn = _CONV[layer.weight.dim() - 2]
         return (lambda x: fn(x, layer.weight, layer.bias, *settings),
                 lambda x, r: conv(x, layer.weight, layer.bias, r, *settings))
+    if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        assert layer.padding_mode == "zeros"
+        settings_t = (layer.stride, layer.padding, layer.output_padding, layer.groups,
+                      layer.dilation)
+        fn_t = _CONV_T[layer.weight.dim() - 2]
+        return (lambda x: fn_t(x, layer.weight, layer.bias, *settings_t),
+                lambda x, r: conv_transpose(x, layer.weight, layer.bias, r, *settings_t))
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
         assert not layer.training
 
@@ -161,9 +177,11 @@ def _forward_and_rule(layer: nn.Module, max_pool_divide: bool):
                           nn.Hardswish, nn.Hardsigmoid, nn.AvgPool1d, nn.AvgPool2d,
                           nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                           nn.AdaptiveAvgPool3d)) or getattr(layer, "oracle_compute", False):
-        # parameter-free compute ops (``oracle_compute``: test-defined wrappers like mean)
+        # parameter-free compute ops (``oracle_compute``: test-defined wrappers like mean;
+        # ``oracle_divide=False``: s = R_y, winner-takes-all ops like max pooling)
         assert not list(layer.parameters())
-        return layer, lambda x, r: elementwise(layer, x, r)
+        divide = getattr(layer, "oracle_divide", True)
+        return layer, lambda x, r: elementwise(layer, x, r, divide=divide)
     raise NotImplementedError(f"no oracle for {type(layer).__name__}")
 
 

@@ -129,7 +129,7 @@ class WithCumsum(nn.Module):
         self.head = nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.head(torch.cumsum(self.inner(x), dim=1))
+        return self.head(torch.cumprod(self.inner(x), dim=1))
 
 
 def test_strict_mode_raises_before_running():
@@ -140,11 +140,11 @@ def test_strict_mode_raises_before_running():
     with pytest.raises(lrpfx.UnsupportedOpError) as info:
         lrpfx.compile(model, example_inputs=x)
     err = info.value
-    assert [n.op for n in err.report.unsupported] == ["aten.cumsum.default"]
-    assert "cumsum" in str(err) and "strict=False" in str(err)
-    with pytest.raises(lrpfx.UnsupportedOpError, match="cumsum"):
+    assert [n.op for n in err.report.unsupported] == ["aten.cumprod.default"]
+    assert "cumprod" in str(err) and "strict=False" in str(err)
+    with pytest.raises(lrpfx.UnsupportedOpError, match="cumprod"):
         lrpfx.compile(model, frontend="symbolic_trace")
-    with pytest.warns(UserWarning, match="cumsum"):
+    with pytest.warns(UserWarning, match="cumprod"):
         explainer = lrpfx.compile(model, strict=False, example_inputs=x)
     assert torch.isfinite(explainer.explain(x)).all()
     assert explainer.report.unsupported[0].status == "unsupported"

@@ -64,14 +64,14 @@ class _Weird(nn.Module):
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.fc(torch.cumsum(x, 1))
+        return self.fc(torch.cumprod(x, 1))
 
 
 def test_check_lists_unknown_ops_first_and_every_node():
     report = lrpfx.check(_Weird().eval(), torch.randn(2, 4))
     assert not report.ok
     (bad,) = report.unsupported
-    assert "cumsum" in bad.op
+    assert "cumprod" in bad.op
     table = report.table(all_nodes=True).splitlines()
     assert table[1].startswith("status") and table[2].startswith("unsupported")
     names = {n.node for n in report.nodes} | {n.node for n in report.off_path}

@@ -308,15 +308,9 @@ class Position(nn.Module):
         return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, self.p]
 
 
-SDPA_FULLY_MASKED = pytest.mark.xfail(
-    strict=False,
-    reason="issue 16 item 2: the decomposed SDPA gives NaN on the fully masked rows of left "
-           "padding (fixed on another branch: drop this mark once merged)")
-
-
 @pytest.mark.parametrize(("make", "side"), [
     (lambda: _llama("eager"), "left"), (_gpt2, "right"),
-    pytest.param(lambda: _llama("sdpa"), "left", marks=SDPA_FULLY_MASKED),
+    (lambda: _llama("sdpa"), "left"),
 ], ids=["llama-eager-left", "gpt2-right", "llama-sdpa-left"])
 def test_causal_lm_next_token_padding_gets_exactly_zero(make, side: str) -> None:  # noqa: ANN001
     model = make()

@@ -5,8 +5,9 @@ VisionTransformer op by op (float64, ``torch.autograd.grad`` on ``f(x) + f(|x|)`
 of lrpfx's graph machinery. Like the reference it differentiates the residual merges on the live
 forward graph, so with ``total=True`` the skip operand's VJP also runs through the branch
 (``lrpfx.passes.merge_gradient``); ``total=False`` is DESIGN.md §4.2's local add rule. lrpfx must
-agree with both (the latter is its default, the former its option ``merge_total_derivative``),
-and with the option it reproduces the stored golden
+agree with both (its option ``merge_total_derivative=True`` and ``=False``; the default
+``"attention"`` takes the former at attention merges only, docs/transformers.md), and with
+``True`` it reproduces the stored golden
 (``shared/golden/vit_tiny_patch16_224.pt``).
 """
 
@@ -161,7 +162,7 @@ def test_lrpfx_matches_the_reference_chain(total):
     x = torch.randn(2, 3, 64, 64, dtype=torch.double)
     target = torch.tensor([3, 7])
     expected = reference_vit(m, x, F.one_hot(target, 1000).double(), total=total)
-    options = {"merge_total_derivative": True} if total else {}
+    options = {"merge_total_derivative": total}
     got = lrpfx.compile(m, **options).explain(x, target, contrastive=False)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-10)
     # the two semantics differ measurably on a ViT (its residual branches are not zero)

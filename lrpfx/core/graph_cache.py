@@ -18,6 +18,7 @@ from lrpfx.core.report import CoverageReport
 from lrpfx.core.shared_tensors import SharedTensors
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
+from lrpfx.passes.decompose import decompose
 from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import rewrite
@@ -171,6 +172,7 @@ class GraphCache(nn.Module):
 
     def _install(self, key: tuple, captured: fx.GraphModule, explained: str | None = None
                  ) -> nn.Module:
+        captured = decompose(captured, self.ruleset)  # long-tail ops (lrpfx.passes.decompose)
         graph = canonicalize(captured)
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,

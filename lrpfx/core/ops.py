@@ -12,6 +12,7 @@ of them has the model's forward bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def conv(
@@ -34,6 +36,54 @@ def conv(
 ) -> Tensor:
     """N-d convolution (N = weight.dim() - 2), zero padding given as numbers."""
     return _CONV[weight.dim() - 2](input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+    groups: int,
+    dilation: Sequence[int],
+) -> Tensor:
+    """N-d transposed convolution (N = weight.dim() - 2), ``F.conv_transpose{N}d``'s order."""
+    fn = _CONV_TRANSPOSE[weight.dim() - 2]
+    return fn(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _call_at(fn: Callable[..., Tensor], input: Tensor, args: Sequence[Any],
+             kwargs: dict[str, Any], position: int) -> Tensor:
+    full = list(args)
+    full[position] = input
+    return fn(*full, **kwargs)
+
+
+def positive_linear(input: Tensor, fn: Callable[..., Tensor], args: Sequence[Any],
+                    kwargs: dict[str, Any], position: int) -> Tensor:
+    """``fn(*args, **kwargs)`` with ``input`` at ``args[position]``, for an op ``fn`` found
+    linear in ``input`` with non-negative coefficients (nearest/bilinear upsampling, padding by
+    reflection, ``repeat_interleave``, ...). The property, not the op's name, makes a node this
+    op: :mod:`lrpfx.passes.decompose` probes it."""
+    return _call_at(fn, input, args, kwargs, position)
+
+
+def pointwise(input: Tensor, fn: Callable[..., Tensor], args: Sequence[Any],
+              kwargs: dict[str, Any], position: int) -> Tensor:
+    """``fn(*args, **kwargs)`` with ``input`` at ``args[position]``, for an op ``fn`` found
+    element-wise in ``input`` (one scalar function applied to every element: ``exp``, ``abs``,
+    ``sqrt``, ``erf``, ...); probed by :mod:`lrpfx.passes.decompose`."""
+    return _call_at(fn, input, args, kwargs, position)
+
+
+def selection(input: Tensor, fn: Callable[..., Tensor], args: Sequence[Any],
+              kwargs: dict[str, Any], position: int) -> Tensor:
+    """``fn(*args, **kwargs)`` with ``input`` at ``args[position]``, for an op ``fn`` found to
+    pick each output among its input's elements by value (``amax``, ``max`` over a dim,
+    ``sort``'s values, ...): winner takes all, like max pooling; probed by
+    :mod:`lrpfx.passes.decompose`."""
+    return _call_at(fn, input, args, kwargs, position)
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -278,7 +328,8 @@ CANONICAL_OPS: dict[str, Callable[..., Tensor]] = {
         conv, linear, batch_norm, add, sub, mul, relu, leaky_relu, hardtanh, gelu, silu, sigmoid,
         tanh, hardswish, hardsigmoid, elu, softplus, mish, pow, dropout, max_pool, avg_pool,
         adaptive_avg_pool, mean, sum, layer_norm, softmax, matmul, einsum, embedding, div,
-        rms_norm, group_norm, normalize,
+        rms_norm, group_norm, normalize, conv_transpose, positive_linear, pointwise,
+        selection,
     )
 }
 """Name → function for every canonical op."""
@@ -289,6 +340,7 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
     name: ("input",) for name in CANONICAL_OPS
 } | {
     "conv": ("input", "weight", "bias"),
+    "conv_transpose": ("input", "weight", "bias"),
     "linear": ("input", "weight", "bias"),
     "batch_norm": ("input", "weight", "bias", "running_mean", "running_var"),
     "add": ("input", "other"),
@@ -306,18 +358,19 @@ TENSOR_ARGS: dict[str, tuple[str, ...]] = {
 """Arguments of each canonical op that are tensors (or None); the rest are static settings."""
 
 OP_KIND: dict[str, str] = {
-    "conv": "affine", "linear": "affine", "batch_norm": "affine",
+    "conv": "affine", "conv_transpose": "affine", "linear": "affine", "batch_norm": "affine",
     "add": "sum", "sub": "sum",
     "avg_pool": "pool", "adaptive_avg_pool": "pool", "mean": "pool", "sum": "pool",
+    "positive_linear": "pool",
     "mul": "product", "div": "product", "matmul": "product", "einsum": "product",
-    "max_pool": "max",
+    "max_pool": "max", "selection": "max",
     "dropout": "identity",
     "layer_norm": "norm", "rms_norm": "norm", "group_norm": "norm", "normalize": "norm",
     "softmax": "softmax",
     "embedding": "source",
 } | {name: "activation" for name in (
     "relu", "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-    "hardsigmoid", "elu", "softplus", "mish", "pow",
+    "hardsigmoid", "elu", "softplus", "mish", "pow", "pointwise",
 )}
 """The kind of each canonical op, which rule sets other than absLRP assign rules by:
 
@@ -327,7 +380,7 @@ OP_KIND: dict[str, str] = {
 - ``product``: bilinear in two activations (element-wise product, matmul, einsum), or a
   quotient ``input / other`` (a product with the divisor's reciprocal; the divisor is usually a
   constant);
-- ``max``: max pooling (winner takes all);
+- ``max``: max pooling and other selections by value (winner takes all);
 - ``identity``: the identity in eval mode (dropout);
 - ``norm``: normalisation with statistics treated as constants (layer norm, RMS norm, group
   norm, L_p normalisation);

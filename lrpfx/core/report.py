@@ -11,6 +11,11 @@ SOURCE = "source"
 UNSUPPORTED = "unsupported"
 OFF_PATH = "off-path"
 
+DECOMPOSITION = "lrpfx_decomposition"
+"""``node.meta`` key set by :mod:`lrpfx.passes.decompose`: what was done or tried for a node
+(probed property, inlined body, decomposition and its origin), read into
+:attr:`NodeReport.decomposition`."""
+
 
 @dataclass(frozen=True)
 class NodeReport:
@@ -36,6 +41,10 @@ class NodeReport:
         Why the node is unsupported, when it is.
     nonneg_input
         Whether the compiled rule uses the non-negative-input fast path.
+    decomposition
+        What :mod:`lrpfx.passes.decompose` did or tried for the node: ``"decomposed from
+        aten.addcmul.default"``, ``"aten.upsample_bilinear2d.vec: probed linear, non-negative
+        coefficients -> positive_linear"``, or, for an unsupported node, why nothing applied.
     """
 
     node: str
@@ -46,6 +55,7 @@ class NodeReport:
     status: str
     reason: str | None = None
     nonneg_input: bool = False
+    decomposition: str | None = None
 
 
 @dataclass
@@ -68,6 +78,12 @@ class CoverageReport:
         return [n for n in self.nodes if n.status == UNSUPPORTED]
 
     @property
+    def decomposed(self) -> dict[str, int]:
+        """Nodes that :mod:`lrpfx.passes.decompose` made or rewrote, counted per origin line."""
+        return dict(Counter(n.decomposition for n in self.nodes if n.decomposition
+                            and n.status != UNSUPPORTED))
+
+    @property
     def ok(self) -> bool:
         return not self.unsupported
 
@@ -80,9 +96,13 @@ class CoverageReport:
         rows = sorted(self.nodes, key=lambda n: n.status != UNSUPPORTED)
         if all_nodes:
             rows += self.off_path
-        header = ("status", "node", "op", "canonical", "rule", "module")
-        data = [(n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
-                 n.canonical or "-", n.rule, n.module or "-") for n in rows]
+        header: tuple[str, ...] = ("status", "node", "op", "canonical", "rule", "module")
+        data: list[tuple[str, ...]] = [
+            (n.status + (f" ({n.reason})" if n.reason else ""), n.node, n.op,
+             n.canonical or "-", n.rule, n.module or "-") for n in rows]
+        if any(n.decomposition for n in rows):  # what lrpfx.passes.decompose did or tried
+            header += ("decomposition",)
+            data = [(*r, n.decomposition or "-") for r, n in zip(data, rows)]
         widths = [max(len(str(r[i])) for r in (header, *data)) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
                  for r in (header, *data)]
@@ -112,7 +132,9 @@ class UnsupportedOpError(RuntimeError):
         lines = [f"  - node {n.node!r}: op {n.op}"
                  + (f" (canonical {n.canonical})" if n.canonical else "")
                  + f", from module {n.module or '<top level>'!r}"
-                 + (f": {n.reason}" if n.reason else "") for n in report.unsupported]
+                 + (f": {n.reason}" if n.reason else "")
+                 + (f"; tried: {n.decomposition}" if n.decomposition else "")
+                 for n in report.unsupported]
         super().__init__(
             f"{len(lines)} op(s) on the relevance path have no {report.rule_set!r} rule:\n"
             + "\n".join(lines)

@@ -225,10 +225,40 @@ def _conv(n: int) -> Extract:  # F.conv{n}d, aten.conv{n}d
         c.get(6, "groups", default=1), n)
 
 
+def _conv_transpose_from(x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+                         output_padding: Any, groups: Any, dilation: Any, n: int) -> Result:
+    if isinstance(padding, str):
+        raise Refuse(f"transposed conv padding={padding!r} is not supported")
+    return "conv_transpose", dict(
+        input=x, weight=weight, bias=bias, stride=_tuple(stride, n), padding=_tuple(padding, n),
+        output_padding=_tuple(output_padding, n), groups=int(groups),
+        dilation=_tuple(dilation, n))
+
+
+def _conv_transpose(n: int) -> Extract:  # F.conv_transpose{n}d, aten.conv_transpose{n}d.input
+    return lambda c: _conv_transpose_from(
+        c.x, c.get(1, "weight"), c.get(2, "bias"), c.get(3, "stride", default=1),
+        c.get(4, "padding", default=0), c.get(5, "output_padding", default=0),
+        c.get(6, "groups", default=1), c.get(7, "dilation", default=1), n)
+
+
+def _conv_transpose_module(c: Call) -> Result:
+    m = c.mod
+    if m.padding_mode != "zeros":
+        raise Refuse(f"transposed conv padding_mode={m.padding_mode!r} is not supported")
+    if len(c.args) + len(c.kwargs) > 1:
+        raise Refuse("transposed conv called with output_size is not supported")
+    return _conv_transpose_from(c.x, c.attr("weight"), c.attr("bias"), m.stride, m.padding,
+                                m.output_padding, m.groups, m.dilation, m.weight.dim() - 2)
+
+
 def _convolution(c: Call) -> Result:  # aten.convolution
-    if c.get(6, "transposed"):
-        raise Refuse("transposed convolution is not supported yet")
     stride = c.get(3, "stride")
+    if c.get(6, "transposed"):
+        return _conv_transpose_from(
+            c.get(0, "input"), c.get(1, "weight"), c.get(2, "bias"), stride,
+            c.get(4, "padding"), c.get(7, "output_padding"), c.get(8, "groups"),
+            c.get(5, "dilation"), len(stride))
     return _conv_from(c.get(0, "input"), c.get(1, "weight"), c.get(2, "bias"), stride,
                       c.get(4, "padding"), c.get(5, "dilation"), c.get(8, "groups"), len(stride))
 
@@ -529,6 +559,10 @@ TABLE: tuple[Row, ...] = (
     # affine
     Row(("conv1d",), _conv(1)), Row(("conv2d",), _conv(2)), Row(("conv3d",), _conv(3)),
     Row(("convolution",), _convolution, (nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv_module),
+    Row(("conv_transpose1d",), _conv_transpose(1),
+        (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _conv_transpose_module),
+    Row(("conv_transpose2d",), _conv_transpose(2)),
+    Row(("conv_transpose3d",), _conv_transpose(3)),
     Row(("linear",), lambda c: ("linear", dict(input=c.x, weight=c.get(1, "weight"),
                                                bias=c.get(2, "bias"))),
         (nn.Linear,), lambda c: ("linear", dict(input=c.x, weight=c.attr("weight"),

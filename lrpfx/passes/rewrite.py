@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from lrpfx.core import ops
 from lrpfx.core.report import (
+    DECOMPOSITION,
     OFF_PATH,
     RULE,
     SOURCE,
@@ -180,6 +181,7 @@ def build_report(
             node=node.name, op=info.source_op, canonical=info.canonical, rule=rule,
             module=info.module_path, status=status, reason=reason,
             nonneg_input="input" in info.extra.get("nonneg_inputs", ()),
+            decomposition=node.meta.get(DECOMPOSITION),
         ))
     return report
 

@@ -45,7 +45,7 @@ class AbsLRPFunction(torch.autograd.Function):
     """Forward: the op unchanged. Backward: absLRP for every relevance-carrying input."""
 
     @staticmethod
-    def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:
         ctx.call = call
         if not any(ctx.needs_input_grad[1:]):
             return call.op(**call.arguments(inputs))
@@ -55,7 +55,7 @@ class AbsLRPFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         call: RuleCall = ctx.call
         spec = call.spec
         saved = ctx.saved_tensors
@@ -72,6 +72,7 @@ class AbsLRPFunction(torch.autograd.Function):
             named = dict(zip(ctx.prepared_names, saved[:n]))
             kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
             scale, out = saved[-2:]
+            assert spec.vjp is not None  # a spec without diag has a vjp
             vjps = spec.vjp(call, named, grad * scale, out)
         # raw VJPs for the plain replay of a residual branch (copied: normalising may work in
         # place, and one tensor must not be handed to autograd twice)
@@ -116,6 +117,7 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
     kept = [named[k] for k in call.relevant if k in call.normalize]
     if spec.diag is not None:
         if ratio is not None:
+            assert spec.masks is not None  # ratio is passed for heads with masks only
             factors = spec.masks(call, named, ratio)
         else:
             factors = spec.diag(call, named, out)
@@ -158,7 +160,7 @@ class ChainFunction(AbsLRPFunction):
     ``chain.head`` is a :class:`RuleCall`, ``chain.tail`` the element-wise ones."""
 
     @staticmethod
-    def forward(ctx, chain, *inputs: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ANN001
+    def forward(ctx, chain, *inputs: Tensor) -> Tensor:  # noqa: ANN001
         head = chain.head
         ctx.call = head
         grad = any(ctx.needs_input_grad[1:])
@@ -228,6 +230,7 @@ class RunningFactor:
         if call.spec.through is not None:
             call.spec.through(call, x, y, self)
             return
+        assert call.spec.diag is not None  # chain tails are element-wise rules
         self.multiply(call.spec.diag(call, {"input": x}, y)["input"])
         self.aligned = False
 

@@ -122,7 +122,7 @@ class RuleSpec:
     """
 
     op: str
-    function: type[torch.autograd.Function]
+    function: type[Any]
     vjp: Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]] | None
     relevance_args: tuple[str, ...] = ("input",)
     derive: Callable[[RuleCall], dict[str, Tensor]] | None = None

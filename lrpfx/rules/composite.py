@@ -64,10 +64,11 @@ def composite(
     assign = {k: v for k, v in assign_and_options.items() if k in known}
     options = {k: v for k, v in assign_and_options.items() if k not in known}
     names = {default, *assign.values(), *([first] if first else [])}
-    bases = {n: RULESETS.get(n) for n in names}
-    for n, base in bases.items():
-        if base is None:
+    for n in names:
+        if n not in RULESETS:
             raise ValueError(f"unknown rule set {n!r}; known: {', '.join(sorted(RULESETS))}")
+    bases = {n: RULESETS[n] for n in names}
+    for n, base in bases.items():
         if base.seed != "gradient" or base.attribution != "relevance" or any(
                 s.function is not LRPFunction for s in base.specs.values()):
             raise ValueError(f"{n!r} is not an LRP rule set; composites combine lrp0, epsilon, "

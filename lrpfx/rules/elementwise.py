@@ -5,7 +5,8 @@ For ReLU this is ``([x > 0] + sign(x)) s``, i.e. ``R_x = 2 x⁺ s``; for dropout
 eval mode, a compute op in the reference semantics) ``(1 + sign(x)) s``; with ``s = G ⊙ y/(|y|+ε)``
 both are ``2 G ⊙ x⁺/(|x|+ε)`` (a factor computed once). Other
 activations: the factor ``y/(|y|+ε) ⊙ (f'(x) + sign(x) f'(|x|))``, both derivatives by local
-autograd, once per forward.
+autograd, once per forward. ``pointwise`` is any op found element-wise by
+:mod:`lrpfx.passes.decompose` (``exp``, ``abs``, ``sqrt``, ...): the same formula.
 """
 
 from __future__ import annotations
@@ -85,6 +86,6 @@ ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag, through=
 ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, None, diag=_identity_diag))
 for _op in (
     "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-    "elu", "softplus", "mish", "pow",
+    "elu", "softplus", "mish", "pow", "pointwise",
 ):
     ABSLRP.register(RuleSpec(_op, AbsLRPFunction, None, diag=_activation_diag))

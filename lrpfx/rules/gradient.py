@@ -44,10 +44,10 @@ class RescaleFunction(torch.autograd.Function):
     ``call.recording = True``."""
 
     @staticmethod
-    def forward(ctx, call: RuleCall, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, call: RuleCall, x: Tensor) -> Tensor:
         out = call.op(**call.arguments((x,)))
         if getattr(call, "recording", False):
-            call.reference = (x.detach(), out.detach())
+            call.__dict__["reference"] = (x.detach(), out.detach())  # not a buffer
         ctx.call = call
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(x, out)
@@ -55,7 +55,7 @@ class RescaleFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         call: RuleCall = ctx.call
         x, out = ctx.saved_tensors
         reference = getattr(call, "reference", None)

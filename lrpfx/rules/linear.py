@@ -1,4 +1,5 @@
-"""Ops linear in their input with a constant weight: convolution, linear (dense), batch norm.
+"""Ops linear in their input with a constant weight: convolution, transposed convolution,
+linear (dense), batch norm.
 
 absLRP (DESIGN.md §4.1): with ``T_W`` the transposed op (the input-VJP of the op with weight W),
 
@@ -7,17 +8,21 @@ absLRP (DESIGN.md §4.1): with ``T_W`` the transposed op (the input-VJP of the o
 
 so ``R_x = x ⊙ (Wᵀs + sign(x) ⊙ |W|ᵀs)``, Eq. 12 of the paper up to a factor 2 that the
 normalisation removes. Biases and batch-norm shifts do not enter the VJP. |W| or W⁺ (whichever
-the graph needs) is computed once, at compile time. Batch norm in eval mode is the affine map
-``x · γ/√(σ²+ε) + const`` per channel.
+the graph needs) is computed once, at compile time. A transposed convolution's ``T_W`` is the
+convolution with the same weight, stride, padding, dilation and groups (its adjoint), so its
+rule is the same formula with the roles swapped (1-D, 2-D and 3-D alike). Batch norm in eval
+mode is the affine map ``x · γ/√(σ²+ε) + const`` per channel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from lrpfx.core import ops
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
 from lrpfx.rules.base import RuleCall, RuleSpec
 
@@ -55,7 +60,8 @@ def _pointwise_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -
     dense = torch.ops.aten.convolution(s, weight, None, [1] * n, [0] * n, [1] * n, True,
                                        [0] * n, st["groups"])
     out = s.new_zeros(x.shape)
-    out[(..., *(slice(None, None, k) for k in st["stride"]))] = dense
+    index: tuple[Any, ...] = (..., *(slice(None, None, k) for k in st["stride"]))
+    out[index] = dense
     return out
 
 
@@ -77,6 +83,23 @@ def _conv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     return both.split(x.shape[1], dim=1)
 
 
+def _deconv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
+    """``T_W(s)`` of a transposed convolution: the convolution it is the adjoint of, cropped to
+    the input's size (with ``output_padding`` ≥ stride, possible under dilation, that
+    convolution has trailing outputs no input position maps to)."""
+    st = call.static
+    t = ops.conv(s, weight, None, st["stride"], st["padding"], st["dilation"], st["groups"])
+    if t.shape[2:] != x.shape[2:]:
+        index: tuple[Any, ...] = (..., *(slice(0, n) for n in x.shape[2:]))
+        t = t[index]
+    return t
+
+
+def _deconv_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    return (_deconv_transpose(call, x, s, _weight(call)),
+            _deconv_transpose(call, x, s, call.derived("abs_weight")))
+
+
 def _linear_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:
     return s @ weight
 
@@ -88,7 +111,9 @@ def _linear_both(call: RuleCall, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _weight(call: RuleCall) -> Tensor:
-    return call.constant("weight")
+    w = call.constant("weight")
+    assert w is not None  # affine ops always have a weight
+    return w
 
 
 def _bn_scale(call: RuleCall) -> Tensor:
@@ -115,14 +140,15 @@ def _linear_family(op: str, transpose: Transpose, both: Both,
     def prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
         # the transposed convolution reads its input's shape only; sign(x) once, not per pass
         x = inputs["input"]
-        kept = {"input": _shape_of(x)} if op == "conv" else {}
+        kept = {"input": _shape_of(x)} if op in ("conv", "conv_transpose") else {}
         if "input" not in call.nonneg:
             kept["sign"] = torch.sign(x)
         return kept
 
     def vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
             ) -> dict[str, Tensor]:
-        x = inputs.get("input")
+        # the input (conv: a stand-in of its shape); linear keeps none, its transpose needs none
+        x = cast(Tensor, inputs.get("input"))
         if "input" in call.nonneg:  # 2 W⁺ᵀ s, the constant 2 dropped
             return {"input": transpose(call, x, s, call.derived("pos_weight"))}
         plain, absolute = both(call, x, s)
@@ -151,6 +177,7 @@ def _bn_through(call: RuleCall, x: Tensor, y: Tensor, factor) -> None:  # noqa: 
 
 
 _linear_family("conv", _conv_transpose, _conv_both, lambda call: call.static["groups"] == 1)
+_linear_family("conv_transpose", _deconv_transpose, _deconv_both, lambda call: False)
 _linear_family("linear", _linear_transpose, _linear_both, lambda call: True)
 ABSLRP.register(RuleSpec("batch_norm", AbsLRPFunction, None, diag=_bn_diag,
                          through=_bn_through, derive=lambda call: {"bn_scale": _bn_scale(call)}))

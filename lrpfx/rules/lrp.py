@@ -34,7 +34,7 @@ Under the gradient×input contract (DESIGN.md §3) a rule returns ``G_x`` with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -44,7 +44,13 @@ from torch.autograd.function import once_differentiable
 
 from lrpfx.core import ops
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec, reduce_to
-from lrpfx.rules.linear import _bn_scale, _conv_transpose, _linear_transpose
+from lrpfx.rules.linear import (
+    _bn_scale,
+    _conv_transpose,
+    _deconv_transpose,
+    _linear_transpose,
+    _weight,
+)
 from lrpfx.rules.normalization import inv_sigma
 from lrpfx.rules.registry import RULESETS
 
@@ -56,7 +62,7 @@ class LRPFunction(torch.autograd.Function):
     (or ``R_x`` for first-layer rules, see :attr:`RuleSpec.returns_relevance`)."""
 
     @staticmethod
-    def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, call: RuleCall, *inputs: Tensor) -> Tensor:
         out = call.op(**call.arguments(inputs))
         ctx.call = call
         if any(ctx.needs_input_grad[1:]):
@@ -65,10 +71,11 @@ class LRPFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         call: RuleCall = ctx.call
         *inputs, out = ctx.saved_tensors
         named = dict(zip(call.relevant + call.runtime, inputs))
+        assert call.spec.vjp is not None  # every LRP spec has one
         grads = call.spec.vjp(call, named, grad, out)
         result = []
         for name in call.relevant:
@@ -112,7 +119,8 @@ def _local_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor,
 
 
 def _weight_transpose(call: RuleCall) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    t = _conv_transpose if call.spec.op == "conv" else _linear_transpose
+    t = {"conv": _conv_transpose, "conv_transpose": _deconv_transpose}.get(
+        call.spec.op, _linear_transpose)
     return lambda x, s, w: t(call, x, s, w)
 
 
@@ -162,7 +170,7 @@ def _z_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
     s = g * _rho(out, _eps(call))
     kind = ops.OP_KIND[call.spec.op]
     if kind == "affine" and call.spec.op != "batch_norm":
-        return {"input": _weight_transpose(call)(inputs["input"], s, call.constant("weight"))}
+        return {"input": _weight_transpose(call)(inputs["input"], s, _weight(call))}
     if kind in ("affine", "norm"):
         x = inputs["input"]
         return {"input": s * _diag_scale(call, x)}
@@ -200,7 +208,8 @@ def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float
     wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
     b = call.constant("bias")
     shape = (1, -1, *[1] * (r.dim() - 2)) if call.spec.op == "conv" else (-1,)
-    bp = bn = 0.0
+    bp: Tensor | float = 0.0
+    bn: Tensor | float = 0.0
     if bias and b is not None:
         bp, bn = b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
     if "input" in call.nonneg:  # x >= 0 from the graph: z⁺ = W⁺x, z⁻ = W⁻x, half the work
@@ -218,7 +227,7 @@ def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float
     return g
 
 
-def _ab_contributions(contrib: dict[str, Tensor], per_unit: dict[str, Tensor | float],
+def _ab_contributions(contrib: dict[str, Tensor], per_unit: Mapping[str, Tensor | float],
                       rest: Tensor, r: Tensor, alpha: float, beta: float
                       ) -> dict[str, Tensor]:
     """Element-wise αβ: ``y = Σ_k c_k + rest``, ``c_k = x_k · u_k``; ``G_k = R_k / x_k``."""
@@ -273,7 +282,7 @@ def _ab_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
 def _ab_derive(call: RuleCall) -> dict[str, Tensor]:
     if call.spec.op not in ("conv", "linear"):
         return {}
-    w = call.constant("weight")
+    w = _weight(call)
     return {"pos_weight": w.clamp(min=0), "neg_weight": w.clamp(max=0)}
 
 
@@ -293,7 +302,7 @@ def _first_vjp(square: bool) -> Vjp:
 
 def _first_derive(square: bool) -> Callable[[RuleCall], dict[str, Tensor]]:
     def derive(call: RuleCall) -> dict[str, Tensor]:
-        w = call.constant("weight")
+        w = _weight(call)
         return {"first_weight": w * w if square else torch.ones_like(w)}
 
     return derive

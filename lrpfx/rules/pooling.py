@@ -1,10 +1,19 @@
-"""Pooling and reductions: max/avg/adaptive-avg pooling, mean, sum.
+"""Pooling and reductions: max/avg/adaptive-avg pooling, mean, sum, and every op found linear
+with non-negative coefficients (``positive_linear``: upsampling, reflection padding, ...).
 
 absLRP (DESIGN.md §4.1): ``VJP_x(f(x) + f(|x|); s)`` by local autograd. Average pooling, mean
 and sum are linear with non-negative weights, so this is ``(1 + sign x) T(s)``. Max pooling
 follows the reference, which does **not** divide by ``|h|`` (``s = R_y``): at the winning
 positions ``R_x = 2 x R_y`` before normalisation. (The reference's timm ResNet rules do divide;
 the rule set option ``max_pool_divide=True`` reproduces them.)
+
+``positive_linear`` is any op ``y = T x`` with ``T ≥ 0`` (DESIGN.md §4.1 with ``ha = f(|x|)``):
+``f(|x|) = T|x|``, so ``VJP_x(h + ha; s) = (1 + sign x) ⊙ Tᵀs`` and ``R_x = 2 x⁺ ⊙ Tᵀs``, i.e.
+Eq. 12 of the paper with weights ``t_ij ≥ 0``. One VJP of the op itself by local autograd.
+
+``selection`` is any op that picks each output among its input's elements by value (``amax``,
+``max`` over a dim): the formula by local autograd (``T_h(s) + sign(x) T_ha(s)``, the winners
+at ``x`` and at ``|x|``), with max pooling's ``s = R_y`` (option ``max_pool_divide``).
 """
 
 from __future__ import annotations
@@ -74,3 +83,22 @@ ABSLRP.register(RuleSpec(
 ))
 for _op in ("avg_pool", "adaptive_avg_pool", "mean", "sum"):
     ABSLRP.register(RuleSpec(_op, AbsLRPFunction, abs_branch_vjp))
+
+
+def _positive_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+                         ) -> dict[str, Tensor]:
+    # (1 + sign x) ⊙ Tᵀs; for x ≥ 0 known from the graph 2 Tᵀs, the 2 dropped
+    x = inputs["input"]
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
+    if "input" in call.nonneg:
+        return {"input": t}
+    return {"input": t.mul_(torch.sign(x).add_(1))}
+
+
+ABSLRP.register(RuleSpec("positive_linear", AbsLRPFunction, _positive_linear_vjp))
+ABSLRP.register(RuleSpec(
+    "selection", AbsLRPFunction, abs_branch_vjp, divide=False,
+    configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
+))
