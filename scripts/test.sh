@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# README command 2: set up, lint, and run the whole test suite. Exits non-zero on any failure,
+# README command 2: set up, lint, type-check the engine, and run the whole test suite. Exits non-zero on any failure,
 # including "no tests collected" (pytest exit code 5). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 echo "[lrpfx] ruff"
-.venv/bin/ruff check lrpfx tests bench
+.venv/bin/ruff check lrpfx tests bench examples
+echo "[lrpfx] mypy (lrpfx/core, lrpfx/passes, lrpfx/rules)"
+.venv/bin/mypy
 echo "[lrpfx] pytest"
 # two workers, one thread each: most of the time is Python-side graph capture
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -188,7 +188,7 @@ def mixes_positions(gm: fx.GraphModule, nodes: list[fx.Node]) -> bool:
     instead, whose rows sum to zero: it passes on differences between positions. This is where
     the total derivative changes the map (docs/transformers.md measures it).
     """
-    return any(isinstance(m := gm.get_submodule(n.target), RuleCall) and m.op is ops.softmax
+    return any(isinstance(m := gm.get_submodule(str(n.target)), RuleCall) and m.op is ops.softmax
                for n in nodes if n.op == "call_module")
 
 
