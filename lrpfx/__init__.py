@@ -19,6 +19,7 @@ from lrpfx.core.audit import AuditReport, NodeAudit
 from lrpfx.core.capture import CaptureError
 from lrpfx.core.explainer import Explainer, Explanation, Target
 from lrpfx.core.report import CoverageReport, NodeReport, UnsupportedOpError
+from lrpfx.core.targets import Output
 from lrpfx.rules.base import RuleSet
 
 __version__ = "0.1.0"
@@ -123,12 +124,16 @@ def explain(
     contrastive: bool = True,
     rule: str = "abslrp",
     strict: bool = True,
+    region: Tensor | None = None,
+    position: int | Tensor | None = None,
+    output: Output = None,
     **rule_options: Any,
 ) -> Tensor:
     """One-shot :func:`compile` then :meth:`Explainer.explain` (compiles on every call: for
-    repeated use, keep the explainer)."""
+    repeated use, keep the explainer). ``region``, ``position`` and ``output`` are passed to
+    :meth:`Explainer.explain`; other keywords are rule options."""
     return compile(model, rule=rule, strict=strict, example_inputs=(x,), **rule_options).explain(
-        x, target, contrastive=contrastive)
+        x, target, contrastive=contrastive, region=region, position=position, output=output)
 
 
 __all__ = [
