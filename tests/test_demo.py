@@ -89,7 +89,7 @@ def test_cache_is_reloaded_not_retrained(trained, cache_dir: Path, monkeypatch) 
 def test_main_writes_png_and_report(trained, cache_dir: Path, tmp_path: Path, capsys) -> None:
     _, _, acc = trained
     out = tmp_path / "out"
-    assert main(["--out", str(out), "--n", "5", "--cache-dir", str(cache_dir),
+    assert main(["--digits", "--out", str(out), "--n", "5", "--cache-dir", str(cache_dir),
                  "--no-progress"]) == 0
     png, report = out / "heatmaps.png", out / "report.md"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
