@@ -84,3 +84,15 @@ def test_only_safe_batch_norms_are_folded() -> None:
     ex = lrpfx.compile(m, rule="epsilon")
     torch.testing.assert_close(ex(x), m(x), rtol=0, atol=1e-12)
     assert sum(n.op.endswith("batch_norm.default") for n in ex.report.nodes) == 2
+
+
+def test_both_frontends_fold_conv_batch_norm_alike() -> None:
+    m = nn.Sequential(*list(_net())[:6], nn.Flatten(), nn.Linear(64, 6)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    maps = [lrpfx.compile(m, rule="zplus", frontend=f).explain(x, 1, contrastive=False,
+                                                                normalize=False)
+            for f in ("export", "symbolic_trace")]
+    torch.testing.assert_close(maps[0], maps[1], rtol=1e-9, atol=1e-15)
+    fused = nn.Sequential(*list(_fused(_net()))[:4], nn.Flatten(), m[7]).double()
+    want = lrpfx.compile(fused, rule="zplus").explain(x, 1, contrastive=False, normalize=False)
+    torch.testing.assert_close(maps[1], want, rtol=1e-9, atol=1e-15)

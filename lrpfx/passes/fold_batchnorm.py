@@ -14,7 +14,9 @@ batch norm its own rule, DESIGN.md §4.2); the rule sets that do say so with
 :attr:`lrpfx.rules.base.RuleSet.fold_batch_norm`.
 
 The fold is done on the canonical graph (after :func:`lrpfx.passes.canonicalize.canonicalize`):
-a ``batch_norm`` whose input is a ``conv`` or 2-d ``linear`` with no other reader, and whose
+a ``batch_norm`` whose input is a ``conv`` or a ``linear`` with a 2-d output (known from
+``torch.export``'s shapes: under ``symbolic_trace``, which records none, linear → batch norm is
+left as it is) with no other reader, and whose
 parameters and statistics are constants, disappears; the conv/linear reads its weight and bias
 from two new constant nodes that compute the merged parameters from the original ones (the
 rewrite pass evaluates them once, at compile time). The forward is unchanged up to rounding.
