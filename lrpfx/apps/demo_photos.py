@@ -155,6 +155,7 @@ def run_photo_demo(
         c = explainer.explain_parts(xi, far[i:i + chunk])
         for k, v in (("ct", a.contrastive), ("pt", a.positive), ("cs", b.contrastive),
                      ("ps", b.positive), ("cf", c.contrastive)):
+            assert v is not None  # explain_parts computes the negative pass by default
             maps[k].append(v.cpu())
     timings["explain (3 classes × positive and negative pass)"] = time.perf_counter() - t0
     m = {k: torch.cat(v) for k, v in maps.items()}
