@@ -4,11 +4,14 @@ Run (from the repository root)::
 
     .venv/bin/python bench/profile_explain.py                      # torchvision resnet50, CPU
     .venv/bin/python bench/profile_explain.py --model tv_vgg16 --trace /tmp/vgg.json
+    .venv/bin/python bench/profile_explain.py --model timm_efficientnet_lite0 --batch 8 \
+        --threads 1 --rule epsilon_plus_flat
 
 Prints (1) the top aten ops by self time inside one ``explain`` call and, for comparison, one
 saliency call, and (2) the backward time per rule family, split into the family's VJP, the
 per-example L1 reduction of the normalisation, and the rest of ``AbsLRPFunction.backward``
-(``r = y * G``, ``s = r / (|y| + EPS)``, ``x * v`` and the final division). The split is taken
+(``r = y * G``, ``s = r / (|y| + EPS)``, ``x * v`` and the final division); for the LRP rule
+sets (``--rule epsilon_plus_flat``) the backward of each ``LRPFunction``. The split is taken
 by wrapping the rule functions with ``torch.profiler.record_function`` *in this process only*;
 lrpfx itself is not modified.
 """
@@ -27,13 +30,28 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import MODELS, build_model, compile_explainer, make_input, saliency  # noqa: E402
+from speed import (  # noqa: E402
+    MODELS,
+    OPTIONS,  # noqa: E402
+    build_model,
+    compile_explainer,
+    make_input,
+    saliency,
+)
 
 import lrpfx.rules.abslrp as abslrp  # noqa: E402
+import lrpfx.rules.lrp as lrp  # noqa: E402
 
 
 def instrument(explainer: torch.nn.Module) -> None:
     """Label every rule's backward, its VJP and its L1 reduction for the profiler."""
+    original_lrp = lrp.LRPFunction.backward
+
+    def lrp_backward(ctx, grad):  # noqa: ANN001, ANN202
+        with record_function(f"rule::{ctx.call.spec.op}"):
+            return original_lrp(ctx, grad)
+
+    lrp.LRPFunction.backward = staticmethod(lrp_backward)  # the LRP rule sets, this process only
     original_backward = abslrp.AbsLRPFunction.backward
     # the two normalisers of AbsLRPFunction.backward: v / Σ|x ⊙ v| and the dot product with
     # |x ⊙ F|
@@ -101,7 +119,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows", type=int, default=20)
     p.add_argument("--trace", type=Path, default=None, help="write a chrome trace of explain")
+    p.add_argument("--rule", default="abslrp", help="rule set to profile (default: abslrp)")
     args = p.parse_args()
+    OPTIONS["rule"] = args.rule
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")

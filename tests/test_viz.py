@@ -147,3 +147,12 @@ def test_save_grid_options(tmp_path: Path) -> None:
             assert not blues.any()
         else:
             assert blues.any()
+
+
+def test_normalise_maps_percentile_clips() -> None:
+    m = np.array([[[0.0, 1.0, -2.0, 3.0, 4.0]]])
+    # 50th percentile of |R| = 2: values above clip to ±1
+    np.testing.assert_allclose(normalise_maps(m, percentile=50), [[[0, 0.5, -1, 1, 1]]])
+    np.testing.assert_allclose(normalise_maps(m), m / 4)
+    with pytest.raises(ValueError, match="percentile"):
+        normalise_maps(m, percentile=0)

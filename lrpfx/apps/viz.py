@@ -97,6 +97,7 @@ def normalise_maps(
     *,
     shared_scale: bool = False,
     positive_only: bool = False,
+    percentile: float = 100.0,
 ) -> np.ndarray:
     """A batch of relevance maps as ``(B, H, W)`` arrays in ``[-1, 1]`` (or ``[0, 1]``).
 
@@ -109,6 +110,10 @@ def normalise_maps(
         instead of each by its own maximum.
     positive_only
         Set negative relevance to 0 first (the peak is then the largest positive value).
+    percentile
+        Scale by this percentile of ``|R|`` instead of its maximum (100), clipping what lies
+        above to ``±1``: LRP maps of large images are dominated by a few pixels, and a scale
+        of 99.5 shows the rest of the structure.
 
     Returns
     -------
@@ -119,11 +124,14 @@ def normalise_maps(
     m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
     if positive_only:
         m = np.clip(m, 0.0, None)
-    if shared_scale:
-        peak = np.full((len(m), 1, 1), np.abs(m).max(initial=0.0))
-    else:
-        peak = np.abs(m).reshape(len(m), -1).max(axis=1, initial=0.0)[:, None, None]
-    return np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    a = np.abs(m).reshape(1 if shared_scale else len(m), -1)
+    peak = (a.max(axis=1, initial=0.0) if percentile == 100 or a.size == 0
+            else np.percentile(a, percentile, axis=1))
+    peak = np.broadcast_to(peak.reshape(-1, 1, 1), (len(m), 1, 1))
+    out = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+    return np.clip(out, -1.0, 1.0)
 
 
 def heatmap_rgb(heatmap: ArrayLike, *, positive_only: bool = False, cmap: str = CMAP
@@ -363,6 +371,8 @@ def save_grid(
     dpi: int = 110,
     positive_only: bool = False,
     shared_scale: bool = False,
+    overlays: bool = False,
+    percentile: float = 100.0,
 ) -> Path:
     """Write a PNG grid: one row per example, the input then its signed relevance maps.
 
@@ -397,6 +407,11 @@ def save_grid(
     shared_scale
         Scale each column's maps by that column's largest ``|R|`` over the whole batch instead
         of each map by its own (so rows can be compared).
+    overlays
+        Draw each map over a grey copy of the input (:func:`overlay`) instead of on white: for
+        photos, where a contour of the input says little.
+    percentile
+        Scale each map by this percentile of ``|R|`` (see :func:`normalise_maps`).
 
     Returns
     -------
@@ -414,8 +429,8 @@ def save_grid(
     for i, m in enumerate(columns):
         if m.shape[0] != batch or m.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"maps[{i}] has shape {m.shape}, inputs have {x.shape}")
-    scaled = [normalise_maps(m, shared_scale=shared_scale, positive_only=positive_only)
-              for m in columns]
+    scaled = [normalise_maps(m, shared_scale=shared_scale, positive_only=positive_only,
+                             percentile=percentile) for m in columns]
     vmin = 0.0 if positive_only else -1.0
     if titles is not None and (len(titles) != batch or any(len(t) != ncols for t in titles)):
         raise ValueError(f"titles must be {batch} rows of {ncols} strings")
@@ -423,7 +438,7 @@ def save_grid(
         raise ValueError(f"column_titles must have {ncols} strings")
 
     title_lines = max((t.count("\n") + 1 for row in titles or [] for t in row), default=0)
-    header = 0.35 if column_titles is not None else 0.0
+    header = 0.35 + 0.17 * title_lines if column_titles is not None else 0.0
     row_h = cell_size + 0.17 * title_lines
     fig = Figure(figsize=(cell_size * ncols + 0.9, row_h * batch + header + 0.3), dpi=dpi)
     axes = np.atleast_2d(fig.subplots(batch, ncols, squeeze=False))
@@ -438,7 +453,10 @@ def save_grid(
             ax = axes[b, c]
             # positive-only maps use the upper half of the same colour map (white to red)
             image = ax.imshow(m[b], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-            if contour and np.ptp(level) > 0:
+            if overlays:  # drawn over the colour-mapped panel, which still feeds the colour bar
+                ax.imshow(overlay(shown, m[b], positive_only=positive_only, peak=1.0,
+                                  cmap=cmap), interpolation="nearest")
+            elif contour and np.ptp(level) > 0:
                 ax.contour(level, levels=[0.5], colors="0.45", linewidths=0.6)
         for c in range(ncols):
             ax = axes[b, c]
@@ -460,7 +478,8 @@ def save_grid(
         if positive_only:
             cax.set_ylim(0, 1)
         bar.ax.tick_params(labelsize=7)
-        bar.set_label("relevance / max|R|", fontsize=7)
+        bar.set_label("relevance / max|R|" if percentile == 100 else
+                      f"relevance / {percentile:g}th percentile of |R|", fontsize=7)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")

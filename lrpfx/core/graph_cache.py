@@ -19,6 +19,7 @@ from lrpfx.core.shared_tensors import SharedTensors
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.decompose import decompose
+from lrpfx.passes.fold_batchnorm import fold_batch_norm
 from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import rewrite
@@ -174,6 +175,8 @@ class GraphCache(nn.Module):
                  ) -> nn.Module:
         captured = decompose(captured, self.ruleset)  # long-tail ops (lrpfx.passes.decompose)
         graph = canonicalize(captured)
+        if self.ruleset.fold_batch_norm:
+            fold_batch_norm(graph)
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend, shared=self._shared)
