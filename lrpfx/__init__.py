@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -20,10 +21,13 @@ from lrpfx.core.capture import CaptureError
 from lrpfx.core.explainer import Explainer, Explanation, Target
 from lrpfx.core.report import CoverageReport, NodeReport, UnsupportedOpError
 from lrpfx.core.targets import Output
+from lrpfx.data import models
 from lrpfx.rules.base import RuleSet
 
 __version__ = "0.1.0"
 _moved.install()
+# ``lrpfx.models`` is the public name of the model loader (issue 19): ``import lrpfx.models`` too
+sys.modules[f"{__name__}.models"] = models
 
 
 def compile(  # noqa: A001 - the public name the API promises
@@ -138,5 +142,6 @@ def explain(
 
 __all__ = [
     "AuditReport", "CaptureError", "CoverageReport", "Explainer", "Explanation", "NodeAudit",
-    "NodeReport", "UnsupportedOpError", "check", "compile", "explain", "metrics", "__version__",
+    "NodeReport", "UnsupportedOpError", "check", "compile", "explain", "metrics", "models",
+    "__version__",
 ]
