@@ -63,15 +63,17 @@ def check_images(images: Tensor, name: str = "images") -> None:
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer (Python or NumPy, not a bool) of at least
-    ``minimum``; a ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or isinstance(value, Tensor) and value.dim() > 0:
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r} "
-                        f"({type(value).__name__})") from None
+    """``value`` as an ``int`` if it is an integer (Python, NumPy or a one-element integer
+    tensor; not a bool) of at least ``minimum``; a ``ValueError`` naming ``name`` otherwise
+    (``steps=2.5`` is a wrong value of a count, not a type confusion)."""
+    number = None
+    if not isinstance(value, bool) and not (isinstance(value, Tensor) and value.dim() > 0):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+    if number is None:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
     if number < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {number}")
     return number
