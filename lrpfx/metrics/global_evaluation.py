@@ -289,7 +289,7 @@ def gae(
         if masking not in MASKING_MODES:
             raise ValueError(f"unknown masking mode {masking!r}; use one of {MASKING_MODES}")
         conv = _Convention(channels, masking, "cross", False, False)
-    steps = check_int(steps, "steps (GAE needs at least 2 masking steps)", 2)
+    steps = check_int(steps, "steps", 2)  # GAE compares masked with unmasked
     batch_size = check_int(batch_size, "batch_size", 4)
     if batch_size % 4:
         raise ValueError(f"batch_size must be a positive multiple of 4, got {batch_size}")

@@ -136,7 +136,7 @@ def sensitivity_n(
     feature = check_int(feature, "feature", 1)
     if h % feature or w % feature:
         raise ValueError(f"feature (patch side) {feature} must divide the image size {h}×{w}")
-    n_subsets = check_int(n_subsets, "n_subsets (a correlation needs at least 2)", 2)
+    n_subsets = check_int(n_subsets, "n_subsets", 2)  # a correlation needs 2
     batch_size = check_int(batch_size, "batch_size", 1)
     hp, wp = h // feature, w // feature
     n_features = hp * wp
