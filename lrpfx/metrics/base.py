@@ -15,7 +15,6 @@ own explainer.
 from __future__ import annotations
 
 import copy
-import itertools
 import numbers
 import operator
 from collections.abc import Callable, Iterator
@@ -29,9 +28,10 @@ from lrpfx.rules.base import EPS
 
 __all__ = [
     "CHANNEL_MODES", "EPS", "ExplainFn", "MetricTarget", "call_explain", "check_baseline",
-    "check_images", "check_indices", "check_int", "check_target", "chunks", "eval_model",
-    "forward_logits", "logits_of", "max_one_eps", "model_device", "positive_max_one",
-    "progress_bar", "reduce_channels", "resolve_target", "safe_unit_l1", "unit_l1_eps",
+    "check_images", "check_indices", "check_int", "check_target", "chunks", "eval_copy",
+    "eval_model", "forward_logits", "logits_of", "max_one_eps", "model_device",
+    "positive_max_one", "progress_bar", "reduce_channels", "resolve_target", "safe_unit_l1",
+    "unit_l1_eps",
 ]
 
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
@@ -145,9 +145,36 @@ def check_indices(value: Tensor | None, name: str, shape: tuple[int, ...], limit
     return value
 
 
+def eval_copy(model: nn.Module, *, freeze: bool = False, memo: dict[int, Any] | None = None
+              ) -> nn.Module:
+    """An eval-mode copy of ``model``'s modules that shares the storage of its tensors.
+
+    Only the module objects (their mode flags, hook tables, ...) are new; parameters and buffers
+    are the model's own, or with ``freeze`` new parameters that view the same storage and do not
+    require gradients (so nothing the copy runs writes ``.grad`` or flips ``requires_grad`` on the
+    user's parameters). ``memo`` receives ``id(original) -> copy`` for every copied object (to map
+    a user's submodule to its copy). The copy sees in-place weight updates, not a later
+    ``model.to(...)``: make a new one after moving the model.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    memo = {} if memo is None else memo
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False) if freeze else p
+    for b in model.buffers():
+        memo[id(b)] = b
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception as error:  # noqa: BLE001 - any failure gets the same advice
+        raise ValueError(
+            f"{type(model).__name__} could not be copied to evaluate it in eval mode without "
+            f"changing it ({type(error).__name__}: {error}); call model.eval() first") from error
+    return twin.eval()
+
+
 def eval_model(model: nn.Module) -> nn.Module:
     """The model a metric evaluates: ``model`` itself when all its modules are in eval mode,
-    otherwise an eval-mode copy that shares its parameters and buffers.
+    otherwise :func:`eval_copy` of it.
 
     The user's module is never changed (no mode switch, not even one undone later: another thread
     may be using it). Eval-mode batch norm and dropout do not write to the shared tensors, so
@@ -158,17 +185,7 @@ def eval_model(model: nn.Module) -> nn.Module:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(m.training for m in model.modules()):
         return model
-    # every tensor maps to itself: only the module objects (and their flags) are copied
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(),
-                                                               model.buffers())}
-    try:
-        twin = copy.deepcopy(model, memo)
-    except Exception as error:  # noqa: BLE001 - any failure gets the same advice
-        raise ValueError(
-            f"{type(model).__name__} is in training mode and could not be copied to evaluate it "
-            f"in eval mode ({type(error).__name__}: {error}); call model.eval() before the "
-            "metric") from error
-    return twin.eval()
+    return eval_copy(model)
 
 
 def forward_logits(model: nn.Module, x: Tensor) -> Tensor:
