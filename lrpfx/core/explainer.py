@@ -17,6 +17,7 @@ from lrpfx.core.capture import FRONTENDS, call_kwargs, capture_export, capture_s
 from lrpfx.core.report import CoverageReport
 from lrpfx.passes.analyze import analyze, find_sources
 from lrpfx.passes.canonicalize import canonicalize
+from lrpfx.passes.fold_batchnorm import fold_batch_norm
 from lrpfx.passes.fuse import fuse_chains
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import RelevanceSource, rewrite
@@ -90,6 +91,8 @@ class Explainer(nn.Module):
     def _install(self, key: tuple, captured: fx.GraphModule, explained: str | None = None
                  ) -> nn.Module:
         graph = canonicalize(captured)
+        if self.ruleset.fold_batch_norm:
+            fold_batch_norm(graph)
         facts = analyze(graph, find_sources(graph, explained))
         gm, report = rewrite(captured, graph, facts, self.ruleset, strict=self.strict,
                              frontend=self.frontend)

@@ -278,6 +278,11 @@ class RuleSet:
     """Checks option values (raises ``ValueError``)."""
     build: Callable[..., RuleSet] | None = None
     """Builds the rule set anew from options (composites, whose options go to constituents)."""
+    fold_batch_norm: bool = False
+    """Fold eval batch norm into the conv/linear before it before rules are attached (LRP
+    practice, Zennit's canonizers; :mod:`lrpfx.passes.fold_batchnorm`). False for absLRP, whose
+    reference gives batch norm its own rule, and for the gradient family (folding changes
+    nothing there)."""
 
     def register(self, spec: RuleSpec) -> RuleSpec:
         if spec.op in self.specs:

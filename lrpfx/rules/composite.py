@@ -85,7 +85,7 @@ def composite(
                              + [f"default={default}"])
     rs = RuleSet(label, description=f"composite: {label}", seed="gradient",
                  options={k: v for b in bases.values() for k, v in b.options.items()}
-                 | options)
+                 | options, fold_batch_norm=True)
     for op, kind in ops.OP_KIND.items():
         chosen = sets[assign.get(op, assign.get(kind, default))]
         spec = chosen.specs.get(op)

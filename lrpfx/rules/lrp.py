@@ -355,7 +355,7 @@ def _define(name: str, description: str, kind_vjp: dict[str, Vjp], options: dict
     options = {**options, "residual": None}
     _validate(options)
     rs = RuleSet(name, description=description, options=options, seed="gradient",
-                 validate=_validate)
+                 validate=_validate, fold_batch_norm=True)
     for op, kind in ops.OP_KIND.items():
         if kind == "norm" and op not in _DIAG_OPS:
             continue  # no statistics-constant form known: reported unsupported, not guessed
