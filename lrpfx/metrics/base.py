@@ -209,10 +209,10 @@ def _few(mask: Tensor, limit: int = 8) -> str:
 
 def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     """The device of the model's first parameter or buffer (``fallback`` if it has none)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return fallback
 
 

@@ -63,6 +63,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -167,13 +168,14 @@ def default_cam_layer(model: nn.Module, x: Tensor) -> nn.Module:
         The model runs no ``nn.Conv2d`` and is not a timm-style ViT: pass ``layer=``.
     """
     if _is_vit(model):
-        return model.blocks[-1].norm1
+        norm: nn.Module = model.blocks[-1].norm1  # type: ignore[index, union-attr]
+        return norm
     finished: list[tuple[nn.Module, tuple[int, ...] | None]] = []
 
     def record(module: nn.Module, _inp: object, out: object) -> None:
         finished.append((module, tuple(out.shape) if isinstance(out, Tensor) else None))
 
-    memo: dict[int, object] = {}
+    memo: dict[int, Any] = {}
     twin = eval_copy(model, freeze=True, memo=memo)  # hooks and eval mode on a copy
     original = {id(memo[id(m)]): m for m in model.modules()}
     handles = [m.register_forward_hook(record) for m in twin.modules() if m is not twin]
@@ -529,6 +531,7 @@ def gradient_weighted_rollout(attentions: Sequence[Tensor], gradients: Sequence[
             rollout = torch.eye(cam.shape[-1], dtype=cam.dtype, device=cam.device
                                 ).expand_as(cam).clone()
         rollout = rollout + cam @ rollout
+    assert rollout is not None  # at least one map, checked above
     return rollout
 
 
@@ -664,7 +667,7 @@ def make_baseline(name: str, model: nn.Module, *, layer: nn.Module | str | None 
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
     if layer is not None and spec.kind == "gradient":
         raise ValueError(f"{name} is a pixel-gradient method; it takes no layer")
-    memo: dict[int, object] = {}
+    memo: dict[int, Any] = {}
     twin = eval_copy(model, freeze=True, memo=memo)
     if isinstance(layer, nn.Module):  # the user's submodule -> the copy's
         if not any(m is layer for m in model.modules()):
