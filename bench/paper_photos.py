@@ -114,6 +114,36 @@ def run_photos(args: argparse.Namespace, build_methods, Row, gae_table, sens_tab
     features = 16
     ns = default_ns((224 // features) ** 2, points=args.sens_points)
     rows, ref_rows, results = [], [], {}
+
+    def write() -> list[str]:  # after every method, so a long run can be cut short
+        args.out.mkdir(parents=True, exist_ok=True)
+        n_mosaics = len(images) // 4
+        model_name = "EfficientNet-Lite0 (ImageNet), scikit-image photos"
+        md = ["# Paper tables on a real model: EfficientNet-Lite0 on scikit-image photos", "",
+              f"{len(images)} images (6 photos × original, flip, 70 % centre crop, crop + flip; "
+              f"top-1 on the originals: {accuracy_note}). GAE: {args.steps} steps, "
+              f"{n_mosaics} mosaics of four consecutive images, positives drawn with seed "
+              f"{args.seed}; the reference-compatible GAE uses the same positives. Sensitivity-n: "
+              f"16×16 patches, {args.n_subsets} subsets per n. Insertion/deletion: "
+              f"{args.insertion_steps} steps, zero baseline.", "",
+              gae_table(model_name, rows, 1, n_mosaics, float("nan")), "",
+              gae_table(model_name + ", compat='reference'", ref_rows, 2, n_mosaics,
+                        float("nan")), ""]
+        test = wilcoxon(rows)
+        if test:
+            md += [f"Wilcoxon signed-rank (two-sided), per-mosaic GAE, abslrp vs "
+                   f"{test['against']}: n = {test['n']}, p = {test['p']:.3g}; abslrp higher on "
+                   f"{test['abslrp_wins']}/{test['n']} mosaics.", ""]
+        md += [sens_table(model_name, rows, 3, len(images)), ""]
+        (args.out / "results_photos.md").write_text("\n".join(md))
+        (args.out / "results_photos.json").write_text(json.dumps(
+            {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "images": names, "rows": [r.__dict__ for r in rows],
+             "reference_rows": [r.__dict__ for r in ref_rows]}, indent=1))
+        if rows:
+            bar_chart({"EfficientNet-Lite0, photos": rows}, args.out / "gae_bars_photos.png")
+        return md
+
     for name, (fn, source) in methods.items():
         start = time.perf_counter()
         try:
@@ -143,33 +173,9 @@ def run_photos(args: argparse.Namespace, build_methods, Row, gae_table, sens_tab
         print(f"  {name:28s} GAE {row.gae['gae']:.3f} (reference {g_ref.means['gae']:.3f})  "
               f"S-n {sum(row.sens) / len(row.sens):.3f}  ins-del "
               f"{row.insdel['difference']:+.3f}  ({seconds:.1f} s)")
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    n_mosaics = len(images) // 4
-    model_name = "EfficientNet-Lite0 (ImageNet), scikit-image photos"
-    md = ["# Paper tables on a real model: EfficientNet-Lite0 on scikit-image photos", "",
-          f"{len(images)} images (6 photos × original, flip, 70 % centre crop, crop + flip; "
-          f"top-1 on the originals: {accuracy_note}). GAE: {args.steps} steps, "
-          f"{n_mosaics} mosaics of four consecutive images, positives drawn with seed "
-          f"{args.seed}; the reference-compatible GAE uses the same positives. Sensitivity-n: "
-          f"16×16 patches, {args.n_subsets} subsets per n. Insertion/deletion: "
-          f"{args.insertion_steps} steps, zero baseline.", "",
-          gae_table(model_name, rows, 1, n_mosaics, float("nan")), "",
-          gae_table(model_name + ", compat='reference'", ref_rows, 2, n_mosaics,
-                    float("nan")), ""]
-    test = wilcoxon(rows)
-    if test:
-        md += [f"Wilcoxon signed-rank (two-sided), per-mosaic GAE, abslrp vs "
-               f"{test['against']}: n = {test['n']}, p = {test['p']:.3g}; abslrp higher on "
-               f"{test['abslrp_wins']}/{test['n']} mosaics.", ""]
-    md += [sens_table(model_name, rows, 3, len(images)), ""]
-    (args.out / "results_photos.md").write_text("\n".join(md))
-    (args.out / "results_photos.json").write_text(json.dumps(
-        {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-         "images": names, "rows": [r.__dict__ for r in rows],
-         "reference_rows": [r.__dict__ for r in ref_rows]}, indent=1))
+        write()
+    md = write()
     if rows:
-        bar_chart({"EfficientNet-Lite0, photos": rows}, args.out / "gae_bars_photos.png")
         photo_figure(model, images, loaded.preprocessor, methods, results,
                      args.out / "maps_photos.png")
     print("\n".join(md))
