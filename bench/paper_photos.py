@@ -120,8 +120,9 @@ def run_photos(args: argparse.Namespace, build_methods, Row, gae_table, sens_tab
         n_mosaics = len(images) // 4
         model_name = "EfficientNet-Lite0 (ImageNet), scikit-image photos"
         md = ["# Paper tables on a real model: EfficientNet-Lite0 on scikit-image photos", "",
-              f"{len(images)} images (6 photos × original, flip, 70 % centre crop, crop + flip; "
-              f"top-1 on the originals: {accuracy_note}). GAE: {args.steps} steps, "
+              f"{len(images)} images (the first {len(images)} of 6 photos × original, flip, "
+              f"70 % centre crop, crop + flip; top-1 on the originals: {accuracy_note}). "
+              f"GAE: {args.steps} steps, "
               f"{n_mosaics} mosaics of four consecutive images, positives drawn with seed "
               f"{args.seed}; the reference-compatible GAE uses the same positives. Sensitivity-n: "
               f"16×16 patches, {args.n_subsets} subsets per n. Insertion/deletion: "
