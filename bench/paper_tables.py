@@ -34,8 +34,16 @@ trained on scikit-learn's digits, loaded from the cache or trained, seed 0), on 
   curves of absLRP and of the best other method).
 
 Writes ``results.md`` (the tables), ``results.json`` (all means, per-mosaic GAE and settings) and
-the two PNGs to ``--out``. The zero baseline is the data set's mean pixel (the digits are
-standardised).
+the two PNGs to ``--out``.
+
+``--model efficientnet_lite0`` runs the same tables on a real ImageNet model instead: the
+pretrained EfficientNet-Lite0 on scikit-image's photos, their flips and crops, with Zennit's
+EpsilonPlusFlat and a random map as extra rows and GAE also in ``compat="reference"`` (see
+``bench/paper_photos.py``; ``results_photos.md``, ``gae_bars_photos.png``, ``maps_photos.png``)::
+
+    .venv/bin/python bench/paper_tables.py --model efficientnet_lite0 --quick --threads 2
+
+The zero baseline is the data set's mean pixel (the digits are standardised).
 """
 
 from __future__ import annotations
@@ -185,8 +193,8 @@ def gae_table(model: str, rows: list[Row], number: int, n_mosaics: int, acc: flo
     cols = ("lc_r", "lc_f", "lc", "c", "gae")
     best = {c: max((r.gae[c] for r in rows if r.gae[c] == r.gae[c]), default=float("nan"))
             for c in cols}
-    lines = [f"### Table {number}: GAE, digits {model} (test acc. {acc:.3f}, "
-             f"{n_mosaics} mosaics)", "",
+    accuracy = "" if acc != acc else f"test acc. {acc:.3f}, "
+    lines = [f"### Table {number}: GAE, {model} ({accuracy}{n_mosaics} mosaics)", "",
              "| method | from | LC_R | LC_F | LC | C | GAE ↑ | time (s) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r.gae["gae"] if r.gae["gae"] == r.gae["gae"] else 9):
@@ -199,7 +207,7 @@ def gae_table(model: str, rows: list[Row], number: int, n_mosaics: int, acc: flo
 def sens_table(model: str, rows: list[Row], number: int, n_images: int) -> str:
     ns = rows[0].sens_ns if rows else []
     head = " | ".join(f"n={n}" for n in ns)
-    lines = [f"### Table {number}: Sensitivity-n and insertion/deletion, digits {model} "
+    lines = [f"### Table {number}: Sensitivity-n and insertion/deletion, {model} "
              f"({n_images} images)", "",
              f"| method | {head} | mean S-n ↑ | insertion ↑ | deletion ↓ | ins − del ↑ |",
              "|---|" + "---:|" * (len(ns) + 4)]
@@ -226,7 +234,7 @@ def bar_chart(results: dict[str, list[Row]], path: Path) -> None:
         ax.set_xticks(range(len(rows)), [r.method for r in rows], rotation=60, ha="right",
                       fontsize=7)
         ax.set_ylabel("mean GAE")
-        ax.set_title(f"digits {model} (red: absLRP, blue: other lrpfx rule sets, "
+        ax.set_title(f"{model} (red: absLRP, blue: other lrpfx rule sets, "
                      "grey: baselines)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -288,6 +296,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(ZOO),
                    help=f"comma-separated zoo models (default: {','.join(ZOO)})")
+    p.add_argument("--model", choices=["efficientnet_lite0"], default=None,
+                   help="instead of the zoo: the pretrained EfficientNet-Lite0 on scikit-image's "
+                        "photos and their flips and crops (bench/paper_photos.py)")
+    p.add_argument("--sens-points", type=int, default=6,
+                   help="photo table: Sensitivity-n subset sizes (log-spaced)")
     p.add_argument("--methods", default="all",
                    help="comma-separated methods (default: all): " + ", ".join(all_method_names()))
     p.add_argument("--n-images", type=int, default=None,
@@ -305,6 +318,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache-dir", default=None, help="zoo weight cache (default .cache/lrpfx)")
     args = p.parse_args(argv)
+    args.methods_given = args.methods != "all"
+    if args.model:  # the photo table: 24 images at most, cheaper defaults (224 px inputs)
+        args.n_subsets = args.n_subsets or (4 if args.quick else 16)
+        args.insertion_steps = args.insertion_steps or (8 if args.quick else 16)
+        args.batch_size = max(4, min(args.batch_size, 8))
+        args.methods = [m for m in args.methods.split(",") if m] if args.methods_given else []
+        if args.n_images is not None and (args.n_images < 4 or args.n_images % 4):
+            p.error("--n-images must be a positive multiple of 4")
+        return args
     args.n_images = args.n_images or (32 if args.quick else 64)
     args.n_subsets = args.n_subsets or (10 if args.quick else 50)
     args.insertion_steps = args.insertion_steps or (16 if args.quick else 32)
@@ -323,6 +345,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.model:
+        from bench.paper_photos import run_photos
+
+        return run_photos(args, build_methods, Row, gae_table, sens_table, bar_chart, wilcoxon)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[Row]] = {}
     meta: dict[str, dict] = {}
@@ -363,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seed}. Best value of each column in bold.", ""]
     for k, (model_name, rows) in enumerate(results.items()):
         m = meta[model_name]
-        md += [gae_table(model_name, rows, k + 1, m["n_mosaics"], m["accuracy"]), ""]
+        md += [gae_table(f"digits {model_name}", rows, k + 1, m["n_mosaics"], m["accuracy"]),
+               ""]
         test = m["wilcoxon"]
         if test:
             md += [f"Wilcoxon signed-rank (two-sided), per-mosaic GAE, abslrp vs "
@@ -372,15 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                    f"abslrp higher on {test['abslrp_wins']}/{test['n']} mosaics "
                    f"({test['ties']} ties).", ""]
     for k, (model_name, rows) in enumerate(results.items()):
-        md += [sens_table(model_name, rows, len(results) + k + 1, meta[model_name]["n_images"]),
-               ""]
+        md += [sens_table(f"digits {model_name}", rows, len(results) + k + 1,
+                          meta[model_name]["n_images"]), ""]
     (args.out / "results.md").write_text("\n".join(md))
     (args.out / "results.json").write_text(json.dumps(
         {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "models": meta,
          "rows": {m: [r.__dict__ for r in rows] for m, rows in results.items()}}, indent=1))
     if results:
-        bar_chart(results, args.out / "gae_bars.png")
+        bar_chart({f"digits {m}": rows for m, rows in results.items()}, args.out / "gae_bars.png")
     print("\n".join(md))
     print(f"\nwrote {args.out}/results.md, results.json, gae_bars.png, gae_curves.png "
           f"in {time.perf_counter() - total:.0f} s")

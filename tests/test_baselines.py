@@ -336,3 +336,32 @@ def test_model_is_left_as_it_was(name: str, arch: str) -> None:
     for kind in ("params", "buffers"):
         for k, v in before[kind].items():
             assert torch.equal(after[kind][k], v), (kind, k)
+
+
+@pytest.mark.parametrize("name", ["saliency", "guided_backprop", "gradcam"])
+def test_model_is_not_changed_even_during_the_call(name: str) -> None:
+    """Nothing is switched and restored: while the method runs (seen from a hook the model
+    carries, which the method's copy runs), the user's model is still in training mode with
+    trainable parameters. A switch-and-restore would break a second thread using the model."""
+    torch.manual_seed(0)
+    model = digits_vgg().train()
+    seen: list[tuple[bool, bool]] = []
+
+    def watch(module: nn.Module, args: tuple) -> None:
+        seen.append((model.training, all(p.requires_grad for p in model.parameters())))
+
+    model.register_forward_pre_hook(watch)
+    make_baseline(name, model)(torch.randn(2, 1, 16, 16), 1)
+    assert seen and all(s == (True, True) for s in seen)
+
+
+def test_layer_given_as_the_users_submodule() -> None:
+    torch.manual_seed(0)
+    model = digits_vgg().eval()
+    x = torch.randn(2, 1, 16, 16)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    by_module = make_baseline("gradcam", model, layer=convs[0])(x, 1)
+    name = next(n for n, m in model.named_modules() if m is convs[0])
+    torch.testing.assert_close(by_module, make_baseline("gradcam", model, layer=name)(x, 1))
+    with pytest.raises(ValueError, match="not a submodule"):
+        make_baseline("gradcam", model, layer=nn.Conv2d(1, 1, 1))

@@ -38,13 +38,15 @@ design): on a model without them (e.g. a ViT with GELUs) they equal the plain gr
 Grad-CAM needs a convolutional layer and refuses ViTs; the attention methods need
 self-attention and refuse CNNs (a ``ValueError`` says so).
 
-**The model is left as it was.** While a method runs, the model is put in eval mode and its
-parameters stop requiring gradients (only the input's gradient is needed; this also keeps the
-libraries from writing ``.grad`` into the parameters); both are restored in a ``finally``. The
-hooks Captum (guided backprop and deconvolution override the backward of ``nn.ReLU`` modules
-through forward hooks) and grad-cam (activation and gradient hooks on the CAM layer) register
-are removed when each call ends; the attention methods register no hooks at all (see
-:func:`capture_attention`).
+**The model is left as it was.** :func:`make_baseline` builds the method on an eval-mode copy of
+the model's modules whose parameters share the model's storage but do not require gradients
+(:func:`lrpfx.metrics.base.eval_copy`): nothing is switched and restored, so methods run from
+several threads at once, and only the input's gradient is computed (no ``.grad`` is written).
+The hooks Captum (guided backprop and deconvolution override the backward of ``nn.ReLU``
+modules through forward hooks) and grad-cam (activation and gradient hooks on the CAM layer)
+register sit on the copy and are removed when each call ends; the attention methods register no
+hooks at all (see :func:`capture_attention`). Build the method again after moving the model to
+another device or dtype.
 
 **CAM layer.** CAM methods (and ``guided_gradcam``) read one layer; ``layer=None`` picks it with
 :func:`default_cam_layer`: for timm-style ViTs (a ``blocks`` list whose blocks have ``norm1``)
@@ -61,11 +63,14 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from lrpfx.metrics.base import eval_copy
 
 __all__ = [
     "BASELINES", "BaselineSpec", "ExplainFn", "attention_rollout", "capture_attention",
@@ -79,23 +84,6 @@ ExplainFn = Callable[[Tensor, Target], Tensor]
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
-
-
-@contextlib.contextmanager
-def _borrowed(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for one call, restored afterwards (even on errors)."""
-    modes = {m: m.training for m in model.modules()}
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in grads:
-            p.requires_grad_(flag)
-        for m, flag in modes.items():
-            m.training = flag
 
 
 def _resolve_target(model: nn.Module, x: Tensor, target: Target) -> Tensor:
@@ -180,19 +168,24 @@ def default_cam_layer(model: nn.Module, x: Tensor) -> nn.Module:
         The model runs no ``nn.Conv2d`` and is not a timm-style ViT: pass ``layer=``.
     """
     if _is_vit(model):
-        return model.blocks[-1].norm1
+        norm: nn.Module = model.blocks[-1].norm1  # type: ignore[index, union-attr]
+        return norm
     finished: list[tuple[nn.Module, tuple[int, ...] | None]] = []
 
     def record(module: nn.Module, _inp: object, out: object) -> None:
         finished.append((module, tuple(out.shape) if isinstance(out, Tensor) else None))
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    memo: dict[int, Any] = {}
+    twin = eval_copy(model, freeze=True, memo=memo)  # hooks and eval mode on a copy
+    original = {id(memo[id(m)]): m for m in model.modules()}
+    handles = [m.register_forward_hook(record) for m in twin.modules() if m is not twin]
     try:
-        with _borrowed(model):
-            model(x[:1])
+        with torch.no_grad():
+            twin(x[:1])
     finally:
         for h in handles:
             h.remove()
+    finished = [(original[id(m)], s) for m, s in finished]
     convs = [i for i, (m, _) in enumerate(finished) if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} runs no nn.Conv2d and is not a timm-style "
@@ -251,7 +244,7 @@ def _prefix(n: int, image_hw: tuple[int, int]) -> int:
 def _captum_fn(model: nn.Module, attribute: Callable[[Tensor, Tensor], Tensor]) -> ExplainFn:
     def explain_fn(x: Tensor, target: Target = None) -> Tensor:
         _check_input(x)
-        with _borrowed(model), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # Captum warns on every call that it sets (and will remove) ReLU hooks, and that
             # the input gets requires_grad; both are expected here.
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
@@ -368,25 +361,24 @@ def _grad_cam(cam_class: str) -> Callable[..., ExplainFn]:
 
         def explain_fn(x: Tensor, target: Target = None) -> Tensor:
             _check_input(x)
-            with _borrowed(model):
-                if not chosen:
-                    chosen.append(_resolve_layer(model, layer) if layer is not None
-                                  else default_cam_layer(model, x))
-                t = _resolve_target(model, x, target)
-                hw = (x.shape[-2], x.shape[-1])
+            if not chosen:
+                chosen.append(_resolve_layer(model, layer) if layer is not None
+                              else default_cam_layer(model, x))
+            t = _resolve_target(model, x, target)
+            hw = (x.shape[-2], x.shape[-1])
 
-                def reshape(a: Tensor) -> Tensor:  # ViT tokens -> feature map on the grid
-                    return tokens_to_grid(a, hw, getattr(model, "num_prefix_tokens", None)) \
-                        if a.dim() == 3 else a
+            def reshape(a: Tensor) -> Tensor:  # ViT tokens -> feature map on the grid
+                return tokens_to_grid(a, hw, getattr(model, "num_prefix_tokens", None)) \
+                    if a.dim() == 3 else a
 
-                cam = cls(model, [chosen[0]], reshape_transform=reshape)
-                try:
-                    # the input needs a gradient: parameters are frozen, so otherwise no
-                    # activation would require one and grad-cam would see no gradient
-                    out = cam(x.detach().clone().requires_grad_(True),
-                              [ClassifierOutputTarget(int(c)) for c in t])
-                finally:  # not the context manager: its __exit__ swallows IndexError
-                    cam.activations_and_grads.release()
+            cam = cls(model, [chosen[0]], reshape_transform=reshape)
+            try:
+                # the input needs a gradient: parameters are frozen, so otherwise no
+                # activation would require one and grad-cam would see no gradient
+                out = cam(x.detach().clone().requires_grad_(True),
+                          [ClassifierOutputTarget(int(c)) for c in t])
+            finally:  # not the context manager: its __exit__ swallows IndexError
+                cam.activations_and_grads.release()
             return _per_pixel(torch.from_numpy(out), x)
 
         return explain_fn
@@ -539,6 +531,7 @@ def gradient_weighted_rollout(attentions: Sequence[Tensor], gradients: Sequence[
             rollout = torch.eye(cam.shape[-1], dtype=cam.dtype, device=cam.device
                                 ).expand_as(cam).clone()
         rollout = rollout + cam @ rollout
+    assert rollout is not None  # at least one map, checked above
     return rollout
 
 
@@ -562,23 +555,22 @@ def _attention_method(kind: str) -> Callable[..., ExplainFn]:
 
         def explain_fn(x: Tensor, target: Target = None) -> Tensor:
             _check_input(x)
-            with _borrowed(model):
-                t = _resolve_target(model, x, target)
-                with torch.enable_grad(), capture_attention() as maps:
-                    x_in = x.detach().clone().requires_grad_(kind == "chefer")
-                    logits = model(x_in)
-                if not maps:
-                    raise ValueError(f"{kind}: no self-attention probabilities were computed "
-                                     f"by {type(model).__name__} (not a transformer?)")
-                if kind == "rollout":
-                    m = attention_rollout([a.detach() for a in maps])
-                elif kind == "last_attention":
-                    m = maps[-1].detach().mean(1)
-                else:
-                    score = logits.gather(1, t[:, None]).sum()
-                    grads = torch.autograd.grad(score, maps)
-                    m = gradient_weighted_rollout([a.detach() for a in maps], grads)
-                return _token_map(model, m, x).detach()
+            t = _resolve_target(model, x, target)
+            with torch.enable_grad(), capture_attention() as maps:
+                x_in = x.detach().clone().requires_grad_(kind == "chefer")
+                logits = model(x_in)
+            if not maps:
+                raise ValueError(f"{kind}: no self-attention probabilities were computed "
+                                 f"by {type(model).__name__} (not a transformer?)")
+            if kind == "rollout":
+                m = attention_rollout([a.detach() for a in maps])
+            elif kind == "last_attention":
+                m = maps[-1].detach().mean(1)
+            else:
+                score = logits.gather(1, t[:, None]).sum()
+                grads = torch.autograd.grad(score, maps)
+                m = gradient_weighted_rollout([a.detach() for a in maps], grads)
+            return _token_map(model, m, x).detach()
 
         return explain_fn
 
@@ -675,7 +667,13 @@ def make_baseline(name: str, model: nn.Module, *, layer: nn.Module | str | None 
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
     if layer is not None and spec.kind == "gradient":
         raise ValueError(f"{name} is a pixel-gradient method; it takes no layer")
+    memo: dict[int, Any] = {}
+    twin = eval_copy(model, freeze=True, memo=memo)
+    if isinstance(layer, nn.Module):  # the user's submodule -> the copy's
+        if not any(m is layer for m in model.modules()):
+            raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
+        layer = memo[id(layer)]
     try:
-        return spec.build(model, layer, **options)
+        return spec.build(twin, layer, **options)
     except TypeError as e:
         raise TypeError(f"{name}: {e}") from None

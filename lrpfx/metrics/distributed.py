@@ -111,7 +111,7 @@ def evaluate(
 
 
 def _to_cpu(result: Any) -> Any:
-    if not dataclasses.is_dataclass(result):
+    if not dataclasses.is_dataclass(result) or isinstance(result, type):
         return result
     return dataclasses.replace(result, **{
         f.name: getattr(result, f.name).cpu() for f in dataclasses.fields(result)

@@ -28,19 +28,39 @@ from lrpfx.metrics.base import (
     ExplainFn,
     call_explain,
     check_images,
+    check_indices,
+    check_int,
     chunks,
+    eval_model,
+    forward_logits,
     logits_of,
+    max_one_eps,
     model_device,
     positive_max_one,
     progress_bar,
     reduce_channels,
     safe_unit_l1,
+    unit_l1_eps,
 )
 
-__all__ = ["MASKING_MODES", "GAEResult", "gae", "make_mosaics"]
+__all__ = ["COMPAT_MODES", "MASKING_MODES", "GAEResult", "gae", "make_mosaics"]
 
 MASKING_MODES = ("reference", "cumulative")
 """How MoRF/LeRF masking picks the elements to zero at each step (see :func:`gae`)."""
+
+COMPAT_MODES = (None, "reference")
+"""None: GAE as DESIGN.md §6 defines it; ``"reference"``: as the paper's code computes it."""
+
+
+@dataclass(frozen=True)
+class _Convention:
+    """The choices where the paper's code and DESIGN.md §6 differ (docs/metrics.md's table)."""
+
+    channels: str  # "sum", "keep", or "broadcast": maps as returned, against C-channel impacts
+    masking: str  # MASKING_MODES
+    centre: str  # "cross" (two middle rows and columns) or "square" (the 2×2 centre)
+    float32_counts: bool  # masked counts int(float32 linspace(1/T, 1, T)[t] · n), not ⌊(t+1)n/T⌋
+    stabilised: bool  # + ε in every unit-L1 and max normalisation, maps scaled by max|R| first
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,9 @@ class GAEResult:
     lc_r, lc_f, lc, c, gae
         ``(M,)``: robustness LC_R, faithfulness LC_F, local consistency
         ``LC = max(0, (LC_R + LC_F) / 2)``, contrastiveness C and ``GAE = LC · C``.
+    c_raw
+        ``(M,)``: contrastiveness before the clamp at 0 (negative where the mosaic's map lies
+        mostly on quadrants of other classes).
     morf_outputs, lerf_outputs
         ``(M, T)``: the positive class's logit ``o_t`` at each MoRF / LeRF masking step
         (``t = 0`` is the unmasked image).
@@ -66,7 +89,8 @@ class GAEResult:
         quadrant (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
     mosaic_index, mosaic_classes, mosaic_probs, quadrant_scores
         ``(M, 4)`` per quadrant: index into ``images``, predicted class, probability of being
-        drawn as the positive, and the contrastiveness score ``S`` of the quadrant.
+        drawn as the positive (also where ``positives`` forced the draw), and the
+        contrastiveness score ``S`` of the quadrant.
     """
 
     lc_r: Tensor
@@ -74,6 +98,7 @@ class GAEResult:
     lc: Tensor
     c: Tensor
     gae: Tensor
+    c_raw: Tensor
     morf_outputs: Tensor
     lerf_outputs: Tensor
     morf_similarity: Tensor
@@ -126,8 +151,11 @@ def gae(
     *,
     steps: int = 10,
     batch_size: int = 16,
-    channels: str = "sum",
-    masking: str = "reference",
+    channels: str | None = None,
+    masking: str | None = None,
+    compat: str | None = None,
+    positives: Tensor | None = None,
+    labels: Tensor | None = None,
     shuffle: bool = True,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -161,43 +189,66 @@ def gae(
 
     Every map ``A`` is the positive part of ``explain_fn``'s output scaled to max 1 (all-zero
     maps stay zero), taken after the channel reduction below. ``ε = 1e-9`` stabilises the
-    divisions as in the paper's code.
+    divisions as in the paper's code. ``compat="reference"`` computes what the paper's code
+    computes instead, where the two differ (see ``compat``).
 
     Parameters
     ----------
     model
-        Classifier ``(B, C, H, W) -> (B, K)`` logits, in eval mode; GAE runs on its device.
+        Classifier ``(B, C, H, W) -> (B, K)`` logits; GAE runs on its device, in eval mode (a
+        model in training mode is evaluated through an eval-mode copy; it is never changed).
         It must be differentiable with respect to its input (the impact maps are
         input×gradient) and take mosaics of the images' size.
     explain_fn
         ``explain_fn(x, target) -> map`` for ``x`` ``(B, C, H, W)`` on the model's device and
         ``target`` a LongTensor ``(B,)``; the map has shape ``(B, C, H, W)``, ``(B, 1, H, W)``
-        or ``(B, H, W)``. For lrpfx: ``lrpfx.compile(model).explain``. It is called once per
-        batch on at most ``batch_size · steps / 2`` images (the positives, their mosaics and
-        every masked copy; lower ``batch_size`` if that does not fit in memory), and must treat
-        each example on its own: a blank (all-zero) masked copy is explained once per positive
-        and its map reused at every step where it occurs.
+        or ``(B, H, W)`` and must be finite. For lrpfx: ``lrpfx.compile(model).explain``. It is
+        called once per batch on at most ``batch_size · steps / 2`` images (the positives, their
+        mosaics and every masked copy; lower ``batch_size`` if that does not fit in memory), and
+        must treat each example on its own: a blank (all-zero) masked copy is explained once
+        per positive and its map reused at every step where it occurs.
     images
-        ``(N, C, H, W)`` with even ``H`` and ``W``; ``N ≥ 4``. ``N mod 4`` images (the last
-        ones after shuffling) are left out.
+        ``(N, C, H, W)``, finite, with even ``H`` and ``W``; ``N ≥ 4``. ``N mod 4`` images (the
+        last ones after shuffling) are left out.
     steps
-        ``T``, masking steps (at least 2; the paper uses 10).
+        ``T``, masking steps (an integer, at least 2; the paper uses 10).
     batch_size
         Images per batch (a multiple of 4): each batch of ``4k`` images forms ``k`` mosaics.
+        Results do not depend on it.
     channels
-        How maps and impact maps with several channels are compared: ``"sum"`` (default) sums
-        each over channels first, so faithfulness, robustness and contrastiveness are measured
-        per pixel; ``"keep"`` compares element by element (maps with one channel are repeated
-        over the image's channels), which is what the paper's code does with ``(B, C, H, W)``
-        maps. Masking always works on input elements. For one-channel images both agree.
+        How maps and impact maps with several channels are compared: ``"sum"`` (the default)
+        sums each over channels first, so faithfulness, robustness and contrastiveness are
+        measured per pixel; ``"keep"`` compares element by element (maps with one channel are
+        repeated over the image's channels). Masking always works on input elements. For
+        one-channel images both agree.
     masking
-        ``"reference"`` (default) does what the paper's code does: the top (MoRF) or bottom
+        ``"reference"`` (the default) does what the paper's code does: the top (MoRF) or bottom
         (LeRF) ``⌊(t+1)·n/T⌋`` elements of the current impact map are zeroed. Zeroed elements
         have impact 0, so LeRF re-selects them and its masked total is ``(t+1)/T``, while MoRF
         selects new elements each time and its total grows as ``1/T, 3/T, 6/T, ...`` (with
         ``T = 10`` the MoRF input is blank from about step 4 on). ``"cumulative"`` keeps zeroed
         elements in the selection, so after step ``t`` exactly ``⌊(t+1)·n/T⌋`` elements are
         zero in both runs, the new ones picked by the current impact map.
+    compat
+        None (default): GAE as above. ``"reference"``: what the paper's code
+        (``abslrp_gae/gae/gae.py``, commit 130e4e1) computes at batch size 4, to 1e-6 (tested
+        against its own numbers): only the 2×2 centre square of the score map counts as
+        positive; masked counts are ``int(float32(linspace(1/T, 1, T)[t]) · n)`` (127 instead
+        of 128 of 256 at ``t = 4``); maps are compared element by element as ``explain_fn``
+        returns them (a one-channel map against ``C``-channel impact and score maps, as the
+        code broadcasts it); every normalisation adds ε, maps are first scaled by ``max|R|``.
+        It fixes ``channels`` and ``masking`` (leave them out). Pass ``labels`` to use dataset
+        labels in the score map as the code does (default: the predictions) and ``positives``
+        to replace its random draw. Mosaics are always consecutive images (the code's
+        strided mosaics at batch size > 4 are a bug). docs/metrics.md lists every difference.
+    positives
+        ``(M,)`` the positive quadrant (0..3) of each of the ``M = ⌊N/4⌋`` mosaics, in the order
+        the mosaics are formed (use ``shuffle=False``), instead of drawing it; ``mosaic_probs``
+        still reports the probabilities.
+    labels
+        ``(N,)`` class labels of ``images``: the score map compares the quadrants' labels, as
+        the paper's code does, instead of the predicted classes. The positive's target is its
+        predicted class either way.
     shuffle
         Group the images into mosaics in a random order drawn from ``generator`` (the paper's
         code shuffles its data set) instead of the given order.
@@ -214,29 +265,43 @@ def gae(
 
     Notes
     -----
-    Where DESIGN.md leaves room, the paper's code decides, with four exceptions: (1) mosaics are
-    formed from consecutive images and the positive is drawn among that same mosaic's images
-    (the paper's code builds mosaics from strided images but draws from consecutive ones);
-    (2) the score map uses the *predicted* classes, as DESIGN.md says (the code uses labels);
-    (3) the centre lines are the full two-pixel-wide cross (the code sets only the 2×2 centre);
-    (4) the masked counts are exact integers ``⌊(t+1)·n/T⌋`` rather than ``int`` of a float32
-    fraction.
+    Where DESIGN.md leaves room, the paper's code decides. Without ``compat``, four choices
+    differ from it: (1) mosaics are formed from consecutive images and the positive is drawn
+    among that same mosaic's images (the paper's code builds mosaics from strided images but
+    draws from consecutive ones); (2) the score map uses the *predicted* classes, as DESIGN.md
+    says (the code uses labels); (3) the centre lines are the full two-pixel-wide cross (the
+    code sets only the 2×2 centre); (4) the masked counts are exact integers ``⌊(t+1)·n/T⌋``
+    rather than ``int`` of a float32 fraction.
     """
     check_images(images)
-    if channels not in CHANNEL_MODES:
-        raise ValueError(f"unknown channels mode {channels!r}; use one of {CHANNEL_MODES}")
-    if masking not in MASKING_MODES:
-        raise ValueError(f"unknown masking mode {masking!r}; use one of {MASKING_MODES}")
-    if steps < 2:
-        raise ValueError(f"GAE needs at least 2 masking steps, got {steps}")
-    if batch_size < 4 or batch_size % 4:
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat {compat!r}; use one of {COMPAT_MODES}")
+    if compat == "reference":
+        if channels is not None or masking is not None:
+            raise ValueError("compat='reference' compares channels and masks as the paper's code "
+                             "does; leave channels and masking out")
+        conv = _Convention("broadcast", "reference", "square", True, True)
+    else:
+        channels = "sum" if channels is None else channels
+        masking = "reference" if masking is None else masking
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"unknown channels mode {channels!r}; use one of {CHANNEL_MODES}")
+        if masking not in MASKING_MODES:
+            raise ValueError(f"unknown masking mode {masking!r}; use one of {MASKING_MODES}")
+        conv = _Convention(channels, masking, "cross", False, False)
+    steps = check_int(steps, "steps", 2)  # GAE compares masked with unmasked
+    batch_size = check_int(batch_size, "batch_size", 4)
+    if batch_size % 4:
         raise ValueError(f"batch_size must be a positive multiple of 4, got {batch_size}")
     n_images, _, h, w = images.shape
     if n_images < 4 or h % 2 or w % 2:
         raise ValueError(f"GAE needs at least 4 images of even height and width; "
                          f"got {tuple(images.shape)}")
-    device = model_device(model, images.device)
     used = n_images - n_images % 4
+    positives = check_indices(positives, "positives", (used // 4,), 4)
+    labels = check_indices(labels, "labels", (n_images,), None)
+    model = eval_model(model)
+    device = model_device(model, images.device)
     if shuffle:
         gen_device = generator.device if generator is not None else torch.device("cpu")
         order = torch.randperm(n_images, generator=generator, device=gen_device).cpu()[:used]
@@ -247,8 +312,10 @@ def gae(
     with progress_bar(used, "GAE", progress) as bar:
         for sl in chunks(used, batch_size):
             index = order[sl]
+            forced = None if positives is None else positives[sl.start // 4:sl.stop // 4]
             part = _gae_batch(model, explain_fn, images[index].to(device), steps=steps,
-                              channels=channels, masking=masking, generator=generator)
+                              conv=conv, generator=generator, positives=forced,
+                              labels=None if labels is None else labels[index])
             mosaic_index = index.reshape(-1, 4)
             part["mosaic_index"] = mosaic_index
             part["positive_index"] = mosaic_index.gather(
@@ -264,63 +331,72 @@ def _gae_batch(
     x: Tensor,
     *,
     steps: int,
-    channels: str,
-    masking: str,
+    conv: _Convention,
     generator: torch.Generator | None,
+    positives: Tensor | None,
+    labels: Tensor | None,
 ) -> dict[str, Tensor]:
     """GAE of one batch of ``4k`` images (``k`` mosaics), vectorised over the mosaics."""
-    n, c, _, _ = x.shape
+    n, c, h, w = x.shape
     k = n // 4
     rows = torch.arange(k, device=x.device)
-    with torch.no_grad():
-        logits = logits_of(model(x))
-        pred = logits.argmax(1)
-        mosaics = make_mosaics(x)
-        mosaic_logits = logits_of(model(mosaics))
+    logits = forward_logits(model, x)
+    pred = logits.argmax(1)
+    mosaics = make_mosaics(x)
+    mosaic_logits = forward_logits(model, mosaics)
 
     # the positive: softmax over the mosaic's logits at its four images' predicted classes
     classes = pred.reshape(k, 4)
     probs = mosaic_logits.gather(1, classes).double().softmax(1)
-    sample_device = generator.device if generator is not None else probs.device
-    quadrant = torch.multinomial(probs.to(sample_device), 1, generator=generator)
-    quadrant = quadrant.squeeze(1).to(x.device)
+    if positives is None:
+        sample_device = generator.device if generator is not None else probs.device
+        quadrant = torch.multinomial(probs.to(sample_device), 1, generator=generator)
+        quadrant = quadrant.squeeze(1).to(x.device)
+    else:
+        quadrant = positives.to(x.device)
     positive = 4 * rows + quadrant
     xp, cp = x[positive], pred[positive]
 
-    # score map S: 2·s_p[c_q]/s_p[c_p] − 1 per quadrant (1 in the positive one)
+    # score map S: 2·s_p[c_q]/s_p[c_p] − 1 per quadrant (1 in the positive one), c = labels
+    # where given
+    named = classes if labels is None else labels.to(x.device).reshape(k, 4)
     sp = logits[positive].double().softmax(1)
-    scores = 2 * sp.gather(1, classes) / sp.gather(1, cp[:, None]) - 1
+    scores = 2 * sp.gather(1, named) / sp.gather(1, named[rows, quadrant][:, None]) - 1
     scores[rows, quadrant] = 1.0
 
-    outputs, summed_impact, masked = _masking(model, xp, cp, steps,
-                                              cumulative=masking == "cumulative")
+    outputs, summed_impact, masked = _masking(model, xp, cp, steps, conv)
 
     # every map of the batch in one call: positives, mosaics, then MoRF and LeRF copies per step
-    a0, a_mosaic, a_copies = _maps(explain_fn, xp, cp, mosaics, torch.cat(masked), c, channels)
+    a0, a_mosaic, a_copies = _maps(explain_fn, xp, cp, mosaics, torch.cat(masked), conv)
     a_steps = a_copies.reshape(steps - 1, 2, k, *a_copies.shape[1:])
 
     # robustness
     sim_morf = torch.cat([_similarity(a0, a0)[None], _similarity(a0[None], a_steps[:, 0])]).T
     sim_lerf = torch.cat([_similarity(a0, a0)[None], _similarity(a0[None], a_steps[:, 1])]).T
     o_morf, o_lerf = outputs[:, :k].T, outputs[:, k:].T
-    d_o = (o_lerf[:, 1:] - o_morf[:, 1:]) / (o_morf[:, :1] + EPS)
+    o_0 = o_morf[:, :1] + EPS
+    d_o = o_lerf[:, 1:] / o_0 - o_morf[:, 1:] / o_0
     d_a = sim_lerf[:, 1:] - sim_morf[:, 1:]
     lc_r = 1 - 2 * (d_o - d_a).abs().sum(1) / (d_o.abs().sum(1) + d_a.abs().sum(1) + EPS)
 
-    # faithfulness
-    impact = reduce_channels(summed_impact, c, channels)
-    combined = torch.sign(safe_unit_l1(impact[k:]) - safe_unit_l1(impact[:k]))
+    # faithfulness (a one-channel map broadcasts over C-channel impacts in "broadcast" mode)
+    impact = summed_impact if conv.channels == "broadcast" else reduce_channels(
+        summed_impact, c, conv.channels)
+    unit = unit_l1_eps if conv.stabilised else safe_unit_l1
+    combined = torch.sign(unit(impact[k:]) - unit(impact[:k]))
     lc_f = (a0 * combined).flatten(1).sum(1) / (a0.flatten(1).sum(1) + EPS)
     lc = ((lc_r + lc_f) / 2).clamp(min=0)
 
-    # contrastiveness
-    score_map = _score_map(scores, *x.shape[2:])
-    contrast = (a_mosaic * score_map).flatten(1).sum(1) / (a_mosaic.flatten(1).sum(1) + EPS)
-    contrast = contrast.clamp(min=0)
+    # contrastiveness (the paper's code builds its score map with the image's C channels)
+    score_map = _score_map(scores, h, w, conv.centre)
+    if conv.channels == "broadcast":
+        score_map = score_map.expand(-1, c, -1, -1)
+    c_raw = (a_mosaic * score_map).flatten(1).sum(1) / (a_mosaic.flatten(1).sum(1) + EPS)
+    contrast = c_raw.clamp(min=0)
 
     out = {
         "lc_r": lc_r, "lc_f": lc_f, "lc": lc, "c": contrast, "gae": lc * contrast,
-        "morf_outputs": o_morf, "lerf_outputs": o_lerf,
+        "c_raw": c_raw, "morf_outputs": o_morf, "lerf_outputs": o_lerf,
         "morf_similarity": sim_morf, "lerf_similarity": sim_lerf,
         "output_diff": d_o, "similarity_diff": d_a,
         "positive_class": cp, "positive_quadrant": quadrant,
@@ -330,7 +406,7 @@ def _gae_batch(
 
 
 def _maps(explain_fn: ExplainFn, xp: Tensor, cp: Tensor, mosaics: Tensor, copies: Tensor,
-          channels: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+          conv: _Convention) -> tuple[Tensor, Tensor, Tensor]:
     """Maps (positive part, max 1) of the positives, their mosaics and the masked copies (``k``
     positives, ``copies`` in blocks of ``k``), from one ``explain_fn`` call.
 
@@ -347,8 +423,13 @@ def _maps(explain_fn: ExplainFn, xp: Tensor, cp: Tensor, mosaics: Tensor, copies
         targets = torch.cat([cp, cp, cp[owner[~blank]], cp])
     else:
         batch, targets = torch.cat([xp, mosaics, copies]), cp.repeat(2 + len(copies) // k)
-    maps = positive_max_one(reduce_channels(
-        call_explain(explain_fn, batch, targets).double(), channels, mode))
+    maps = call_explain(explain_fn, batch, targets).double()
+    if conv.channels != "broadcast":
+        maps = reduce_channels(maps, xp.shape[1], conv.channels)
+    if conv.stabilised:  # the code's RelevancyMethod scales by max|R|, GAE then takes R⁺ / max
+        maps = max_one_eps(max_one_eps(maps).clamp(min=0))
+    else:
+        maps = positive_max_one(maps)
     if blank.any():
         a_copies = maps.new_empty((len(copies), *maps.shape[1:]))
         a_copies[~blank] = maps[2 * k:2 * k + len(kept)]
@@ -358,7 +439,7 @@ def _maps(explain_fn: ExplainFn, xp: Tensor, cp: Tensor, mosaics: Tensor, copies
     return maps[:k], maps[k:2 * k], a_copies
 
 
-def _masking(model: nn.Module, xp: Tensor, cp: Tensor, steps: int, cumulative: bool = False
+def _masking(model: nn.Module, xp: Tensor, cp: Tensor, steps: int, conv: _Convention
              ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """MoRF and LeRF masking of the positives, both in one batch of ``2k``.
 
@@ -370,8 +451,10 @@ def _masking(model: nn.Module, xp: Tensor, cp: Tensor, steps: int, cumulative: b
     k = xp.shape[0]
     cur = torch.cat([xp, xp]).detach()
     target = torch.cat([cp, cp])[:, None]
-    morf = (torch.arange(2 * k, device=xp.device) < k)[:, None]
     n_elements = cur[0].numel()
+    counts = _mask_counts(n_elements, steps, conv.float32_counts)
+    cumulative = conv.masking == "cumulative"
+    unit = unit_l1_eps if conv.stabilised else safe_unit_l1
     outputs, masked = [], []
     summed = torch.zeros(cur.shape, dtype=torch.float64, device=cur.device)
     zeroed = torch.zeros(cur.shape[0], n_elements, dtype=torch.bool, device=cur.device)
@@ -387,23 +470,33 @@ def _masking(model: nn.Module, xp: Tensor, cp: Tensor, steps: int, cumulative: b
                 xg = cur[live].detach().requires_grad_(True)
                 o_live = logits_of(model(xg)).gather(1, target[live]).squeeze(1)
                 (grad,) = torch.autograd.grad(o_live.abs().sum(), xg)
-            impact[live] = safe_unit_l1((xg.detach() * grad).abs().flatten(1))
+            impact[live] = unit((xg.detach() * grad).abs().flatten(1))
             o = o.clone()
             o[live] = o_live.detach().double()
         outputs.append(o)
         summed += impact.reshape(cur.shape)
         done = done | (cur.flatten(1) == 0).all(1)
-        n_mask = (t + 1) * n_elements // steps
-        if t + 1 < steps and n_mask > 0:
-            # MoRF takes the largest impacts, LeRF the smallest (the largest of −impact);
-            # "cumulative" ranks the elements zeroed so far first in both
-            key = torch.where(morf, impact, -impact)
+        if t + 1 < steps and counts[t] > 0:
+            # MoRF takes the largest impacts, LeRF the smallest (topk as the paper's code calls
+            # it, so ties break alike); "cumulative" ranks the elements zeroed so far first
+            key_mo, key_le = impact[:k], impact[k:]
             if cumulative:
-                key = key.masked_fill(zeroed, math.inf)
-            idx = key.topk(n_mask, dim=1).indices
+                key_mo = key_mo.masked_fill(zeroed[:k], math.inf)
+                key_le = key_le.masked_fill(zeroed[k:], -math.inf)
+            idx = torch.cat([key_mo.topk(counts[t], dim=1, largest=True).indices,
+                             key_le.topk(counts[t], dim=1, largest=False).indices])
             zeroed = zeroed.scatter(1, idx, True)
             cur = cur.flatten(1).scatter(1, idx, 0.0).reshape(cur.shape)
     return torch.stack(outputs), summed, masked
+
+
+def _mask_counts(n: int, steps: int, float32: bool) -> list[int]:
+    """Elements masked after step ``t = 0..T−1``: ``⌊(t+1)·n/T⌋``, or as the paper's code
+    counts them, ``int`` of the float32 product ``linspace(1/T, 1, T)[t] · n``."""
+    if not float32:
+        return [(t + 1) * n // steps for t in range(steps)]
+    fractions = torch.linspace(1 / steps, 1, steps, dtype=torch.float32)
+    return [int(f * n) for f in fractions]
 
 
 def _similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -412,11 +505,16 @@ def _similarity(a: Tensor, b: Tensor) -> Tensor:
     return 1 - (a - b).abs().sum(dims) / (a.abs().sum(dims) + b.abs().sum(dims) + EPS)
 
 
-def _score_map(scores: Tensor, h: int, w: int) -> Tensor:
-    """``(k, 1, H, W)`` map of the per-quadrant ``scores`` ``(k, 4)``, centre lines set to 1."""
+def _score_map(scores: Tensor, h: int, w: int, centre: str) -> Tensor:
+    """``(k, 1, H, W)`` map of the per-quadrant ``scores`` ``(k, 4)`` with the centre set to 1:
+    the two middle rows and columns (``"cross"``) or only the 2×2 centre (``"square"``)."""
     k = scores.shape[0]
     s = scores.reshape(k, 1, 2, 2).repeat_interleave(h // 2, 2).repeat_interleave(w // 2, 3)
     s = s.clone()
-    s[:, :, h // 2 - 1:h // 2 + 1, :] = 1.0
-    s[:, :, :, w // 2 - 1:w // 2 + 1] = 1.0
+    rows, cols = slice(h // 2 - 1, h // 2 + 1), slice(w // 2 - 1, w // 2 + 1)
+    if centre == "square":
+        s[:, :, rows, cols] = 1.0
+    else:
+        s[:, :, rows, :] = 1.0
+        s[:, :, :, cols] = 1.0
     return s

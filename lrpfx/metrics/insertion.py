@@ -17,9 +17,13 @@ from lrpfx.metrics.base import (
     ExplainFn,
     MetricTarget,
     call_explain,
+    check_baseline,
     check_images,
+    check_int,
+    check_target,
     chunks,
-    logits_of,
+    eval_model,
+    forward_logits,
     model_device,
     progress_bar,
     resolve_target,
@@ -100,7 +104,8 @@ def insertion_deletion(
     Parameters
     ----------
     model
-        Classifier ``(B, C, H, W) -> (B, K)`` logits, in eval mode; runs on its device.
+        Classifier ``(B, C, H, W) -> (B, K)`` logits; runs on its device, in eval mode (a model
+        in training mode is evaluated through an eval-mode copy; it is never changed).
     explain_fn
         ``explain_fn(x, target) -> map`` (see :func:`lrpfx.metrics.gae`), called once per batch
         of images.
@@ -126,10 +131,11 @@ def insertion_deletion(
         ``.means``.
     """
     check_images(images)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if isinstance(baseline, str) and baseline != "blur":
-        raise ValueError(f"baseline must be a number, a tensor or 'blur'; got {baseline!r}")
+    steps = check_int(steps, "steps", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    canvas = check_baseline(baseline, images, words=("blur",))
+    target = check_target(target, len(images))
+    model = eval_model(model)
     n_images, _, h, w = images.shape
     pixels = h * w
     device = model_device(model, images.device)
@@ -141,14 +147,13 @@ def insertion_deletion(
     with progress_bar(2 * n_images * points, "insertion/deletion", progress, "eval") as bar:
         for sl in chunks(n_images, batch_size):
             x = images[sl].to(device)
-            with torch.no_grad():
-                logits = logits_of(model(x))
+            logits = forward_logits(model, x)
             t = resolve_target(target[sl] if isinstance(target, Tensor) else target, logits)
             targets[sl] = t.cpu()
-            if isinstance(baseline, str):
+            if isinstance(canvas, str):
                 base = gaussian_blur(x)
             else:
-                base = torch.as_tensor(baseline, dtype=x.dtype, device=device).expand_as(x)
+                base = canvas.to(device).expand_as(x)
             score = call_explain(explain_fn, x, t).sum(1).flatten(1)
             order = torch.argsort(score, dim=1, descending=True, stable=True)
             rank = torch.empty_like(order).scatter_(
@@ -163,8 +168,7 @@ def insertion_deletion(
                 first = (rank[img] < counts[j % points, None]).reshape(-1, 1, h, w)
                 take_image = first ^ deleting[:, None, None, None]
                 xm = torch.where(take_image, x[img], base[img])
-                with torch.no_grad():
-                    prob = logits_of(model(xm)).double().softmax(1)
+                prob = forward_logits(model, xm).double().softmax(1)
                 flat[cs] = prob.gather(1, t[img][:, None]).squeeze(1)
                 bar.update(len(j))
             curves[:, sl] = flat.reshape(2, b, points).cpu()

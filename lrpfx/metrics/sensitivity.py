@@ -22,9 +22,13 @@ from lrpfx.metrics.base import (
     ExplainFn,
     MetricTarget,
     call_explain,
+    check_baseline,
     check_images,
+    check_int,
+    check_target,
     chunks,
-    logits_of,
+    eval_model,
+    forward_logits,
     model_device,
     progress_bar,
     resolve_target,
@@ -94,7 +98,8 @@ def sensitivity_n(
     Parameters
     ----------
     model
-        Classifier ``(B, C, H, W) -> (B, K)`` logits, in eval mode; runs on its device.
+        Classifier ``(B, C, H, W) -> (B, K)`` logits; runs on its device, in eval mode (a model
+        in training mode is evaluated through an eval-mode copy; it is never changed).
     explain_fn
         ``explain_fn(x, target) -> map`` (see :func:`lrpfx.metrics.gae`); called once per batch
         of images. A feature's relevance is the map summed over the feature's pixels and over
@@ -128,17 +133,26 @@ def sensitivity_n(
     """
     check_images(images)
     n_images, c, h, w = images.shape
-    if feature < 1 or h % feature or w % feature:
+    feature = check_int(feature, "feature", 1)
+    if h % feature or w % feature:
         raise ValueError(f"feature (patch side) {feature} must divide the image size {h}×{w}")
-    if n_subsets < 2:
-        raise ValueError(f"a correlation needs at least 2 subsets, got n_subsets={n_subsets}")
+    n_subsets = check_int(n_subsets, "n_subsets", 2)  # a correlation needs 2
+    batch_size = check_int(batch_size, "batch_size", 1)
     hp, wp = h // feature, w // feature
     n_features = hp * wp
-    ns = default_ns(n_features) if ns is None else [int(n) for n in ns]
-    if not ns or any(n < 1 or n > n_features for n in ns):
+    if ns is None:
+        ns = default_ns(n_features)
+    elif isinstance(ns, str) or not hasattr(ns, "__len__") or len(ns) == 0:
+        raise ValueError(f"ns must be a non-empty sequence of subset sizes; got {ns!r}")
+    else:
+        ns = [check_int(n, "every n in ns", 1) for n in ns]
+    if any(n > n_features for n in ns):
         raise ValueError(f"every n must be in 1..{n_features} (the number of features); got {ns}")
+    canvas = check_baseline(baseline, images)
+    target = check_target(target, n_images)
+    model = eval_model(model)
     device = model_device(model, images.device)
-    base = torch.as_tensor(baseline, dtype=images.dtype, device=device)
+    base = torch.as_tensor(canvas, device=device)  # a tensor: no words are allowed
     rand_device = generator.device if generator is not None else device
 
     correlation = torch.empty(n_images, len(ns), dtype=torch.float64)
@@ -146,8 +160,7 @@ def sensitivity_n(
     with progress_bar(n_images * len(ns) * n_subsets, "Sensitivity-n", progress, "eval") as bar:
         for sl in chunks(n_images, batch_size):
             x = images[sl].to(device)
-            with torch.no_grad():
-                logits = logits_of(model(x))
+            logits = forward_logits(model, x)
             t = resolve_target(target[sl] if isinstance(target, Tensor) else target, logits)
             f0 = logits.gather(1, t[:, None]).squeeze(1).double()
             r = call_explain(explain_fn, x, t).double().sum(1)
@@ -166,8 +179,7 @@ def sensitivity_n(
                     sums[ps] = (r[img] * mask).sum(1)
                     pixels = mask.reshape(-1, 1, hp, 1, wp, 1).expand(
                         -1, 1, hp, feature, wp, feature).reshape(-1, 1, h, w)
-                    with torch.no_grad():
-                        out = logits_of(model(torch.where(pixels, base, x[img])))
+                    out = forward_logits(model, torch.where(pixels, base, x[img]))
                     diffs[ps] = f0[img] - out.gather(1, t[img][:, None]).squeeze(1).double()
                     bar.update(len(img))
                 correlation[sl, j] = _pearson(sums.reshape(b, n_subsets),
