@@ -11,6 +11,9 @@ How a markdown file is tested (new ``docs/*.md`` files are picked up automatical
       model = torch.nn.Linear(3, 2)
       -->
 
+  ``<!-- doc-test: check ... -->`` is the same, after a block: hidden assertions that what the
+  text promises about the block's result holds.
+
 - A `````bash`` block is checked, not run: each command must be one this file knows how to
   check: ``bash scripts/X.sh`` (the script exists and parses), ``pip install -e ".[extra]"``
   (the extras exist), ``lrpfx SUB ...`` / ``python -m MODULE ...`` / ``python FILE.py ...`` /
@@ -88,7 +91,7 @@ def parse(path: Path) -> tuple[list[Block], list[str]]:
                     problems.append(f"{path.name}:{i + 1}: write <!-- doc-test: skip REASON -->")
                 skip = reason or "no reason given"
                 i += 1
-            elif what == "setup":
+            elif what in ("setup", "check"):
                 end = next((j for j in range(i, len(lines)) if "-->" in lines[j]), None)
                 if end is None:
                     problems.append(f"{path.name}:{i + 1}: setup comment never closed (-->)")
