@@ -96,7 +96,10 @@ def parse(path: Path) -> tuple[list[Block], list[str]]:
                 if end is None:
                     problems.append(f"{path.name}:{i + 1}: setup comment never closed (-->)")
                     break
-                blocks.append(Block(path, i + 2, "setup", "\n".join(lines[i + 1:end])))
+                body = lines[i + 1:end + 1]  # the closing line may hold code before -->
+                if body:
+                    body[-1] = body[-1].split("-->")[0]
+                blocks.append(Block(path, i + 2, "setup", "\n".join(body)))
                 i = end + 1
             else:
                 problems.append(f"{path.name}:{i + 1}: unknown doc-test directive {what!r}")
@@ -425,9 +428,11 @@ def test_architecture_lists_every_file() -> None:
 
 def test_a_broken_block_fails(tmp_path: Path) -> None:
     doc = tmp_path / "broken.md"
-    doc.write_text("text\n\n<!-- doc-test: setup\nn = 2\n-->\n\n```python\nassert n == 3\n```\n")
+    doc.write_text("text\n\n<!-- doc-test: setup\nn = 2\n-->\n\n```python\nassert n == 3\n```\n"
+                   "<!-- doc-test: check\nm = 1 -->\n")
     blocks, problems = parse(doc)
-    assert not problems and [b.lang for b in blocks] == ["setup", "python"]
+    assert not problems and [b.lang for b in blocks] == ["setup", "python", "setup"]
+    assert [b.code for b in blocks] == ["n = 2\n", "assert n == 3", "m = 1 "]
     ns: dict[str, Any] = {}
     run_python(blocks[0], ns, tmp_path)
     with pytest.raises(AssertionError) as failure:
