@@ -3,7 +3,8 @@
 How a markdown file is tested (new ``docs/*.md`` files are picked up automatically):
 
 - A `````python`` block runs, in order, in one namespace per file, like a notebook: a block may
-  use what an earlier block of the same file defined.
+  use what an earlier block of the same file defined. A block written with ``>>>`` prompts runs
+  as a doctest: its printed output must match (``...`` matches anything).
 - A setup comment runs at its place in that namespace and is not shown to readers. Use it for
   the tiny random-init models and inputs a block needs::
 
@@ -19,6 +20,8 @@ How a markdown file is tested (new ``docs/*.md`` files are picked up automatical
   (the extras exist), ``lrpfx SUB ...`` / ``python -m MODULE ...`` / ``python FILE.py ...`` /
   ``torchrun ... -m MODULE ...`` (the command's ``--help`` works and lists every ``--flag`` the
   line uses).
+- In a `````console`` block (or any shell block with ``$ `` prompts) only the ``$ `` lines are
+  commands.
 - `````text`` blocks are not code (diagrams, trees, output); any other language, or none, fails.
 - ``<!-- doc-test: skip REASON -->`` right before a block skips it; the skip and its reason show
   in pytest's summary (``-ra``), so skipped blocks stay counted.
@@ -31,6 +34,7 @@ resolve, and ``docs/architecture.md`` lists exactly the files in ``lrpfx/``.
 from __future__ import annotations
 
 import contextlib
+import doctest
 import functools
 import glob
 import importlib
@@ -70,7 +74,8 @@ class Block:
 
     @property
     def name(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
+        where = self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else self.path
+        return f"{where}:{self.line}"
 
 
 def parse(path: Path) -> tuple[list[Block], list[str]]:
@@ -159,16 +164,29 @@ class _Notebook:
 
 
 def run_python(block: Block, ns: dict[str, Any], workdir: Path) -> None:
-    """Run ``block`` in ``ns``; tracebacks point at the markdown file's own line numbers."""
-    code = compile("\n" * (block.line - 1) + block.code, str(block.path), "exec")
+    """Run ``block`` in ``ns``; tracebacks point at the markdown file's own line numbers.
+    A block written as a doctest (``>>>`` prompts) runs as one, its printed output compared."""
     cwd = Path.cwd()
     os.chdir(workdir)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "explained in eval mode"
-            exec(code, ns)
+            if block.code.lstrip().startswith(">>>"):
+                run_doctest(block, ns)
+            else:
+                exec(compile("\n" * (block.line - 1) + block.code, str(block.path), "exec"), ns)
     finally:
         os.chdir(cwd)
+
+
+def run_doctest(block: Block, ns: dict[str, Any]) -> None:
+    test = doctest.DocTestParser().get_doctest(block.code, ns, block.name, str(block.path),
+                                               block.line - 1)
+    report = io.StringIO()
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = runner.run(test, out=report.write, clear_globs=False)
+    assert not result.failed, report.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +313,13 @@ def check_command(command: str) -> None:
 
 
 def commands(block: Block) -> list[str]:
-    """The commands of a shell block: one a line, with backslash continuations joined."""
-    joined = block.code.replace("\\\n", " ")
-    return [ln.strip().removeprefix("$ ") for ln in joined.split("\n") if ln.strip()]
+    """The commands of a shell block: one a line, with backslash continuations joined. In a
+    ``console`` block (or one using ``$ `` prompts) only the ``$ `` lines are commands; the
+    rest is their output."""
+    lines = [ln.strip() for ln in block.code.replace("\\\n", " ").split("\n") if ln.strip()]
+    if block.lang == "console" or any(ln.startswith("$ ") for ln in lines):
+        return [ln.removeprefix("$ ") for ln in lines if ln.startswith("$ ")]
+    return lines
 
 
 SHELL_BLOCKS = [b for b in ALL if b.lang in SHELL_LANGS and b.skip is None]
@@ -443,6 +465,18 @@ def test_a_broken_block_fails(tmp_path: Path) -> None:
         with pytest.raises((AssertionError, pytest.fail.Exception)):
             check_command(command)
     check_command('pip install -e ".[demo]"  # a comment')
+
+
+def test_doctest_blocks_and_console_prompts(tmp_path: Path) -> None:
+    doc = tmp_path / "d.md"
+    doc.write_text("```python\n>>> 1 + 1\n2\n```\n\n```python\n>>> 1 + 1\n3\n```\n\n"
+                   "```console\n$ lrpfx check --help\nusage: ...\n```\n")
+    good, bad, console = parse(doc)[0]
+    ns: dict[str, Any] = {}
+    run_python(good, ns, tmp_path)
+    with pytest.raises(AssertionError, match="Expected:\\s+3\\s+Got:\\s+2"):
+        run_python(bad, ns, tmp_path)
+    assert commands(console) == ["lrpfx check --help"]
 
 
 def test_parse_finds_skips_and_unknown_languages(tmp_path: Path) -> None:
