@@ -45,6 +45,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,14 @@ class _Notebook:
             self.done[block.path] = k + 1
             try:
                 run_python(runnable[k], ns, workdir)
+            except NameError as e:
+                self.failed[block.path] = runnable[k].name
+                line = next((f.lineno for f in traceback.extract_tb(e.__traceback__)
+                             if f.filename == str(block.path)), runnable[k].line)
+                pytest.fail(f"{block.path.name}:{line}: {e}. A block sees only what earlier "
+                            "blocks of its file define: give it what it needs in a hidden "
+                            "<!-- doc-test: setup ... --> comment before it (see the docstring "
+                            "of tests/test_docs.py)")
             except BaseException:
                 self.failed[block.path] = runnable[k].name
                 raise
