@@ -270,7 +270,7 @@ def test_pickle_round_trip(model, how):
         buf = io.BytesIO()
         torch.save(explainer, buf)
         buf.seek(0)
-        loaded = torch.load(buf, weights_only=False)
+        loaded = torch.load(buf, weights_only=False)  # trusted-load: the explainer saved just above
     got = loaded.explain(x.double(), at="features.2")
     # the loaded explainer derives |W|, BN scales from the converted (float64) weights, the
     # original derived them in float32 before .double(): equal to float32 precision
