@@ -127,6 +127,21 @@ def _unreadable(p: Path, e: BaseException) -> ValueError:
                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
 
 
+def _read(path: str | os.PathLike, use: Callable[[Any], Any]) -> Any:
+    """``use(image)`` on the opened file, with every way of failing as one ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        with _open_checked(p) as im:
+            return use(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise _unreadable(p, e) from e
+
+
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """Read an image file's header only (quick): its ``(width, height)``.
 
@@ -136,17 +151,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
         No such file, not an image PIL can read, or more pixels than
         ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{p}: no such file")
-    try:
-        with _open_checked(p) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
-        raise _unreadable(p, e) from e
+    return _read(path, lambda im: im.size)
 
 
 def load_image(path: str | os.PathLike) -> Any:
@@ -158,18 +163,12 @@ def load_image(path: str | os.PathLike) -> Any:
         The file does not exist, is not an image PIL can read, or has more pixels than
         ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{p}: no such file")
-    try:
-        with _open_checked(p) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
-        raise _unreadable(p, e) from e
+    def decoded(im: Any) -> Any:
+        im.load()
+        return im.copy()
+
+    return _read(path, decoded)
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
