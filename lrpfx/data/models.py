@@ -88,7 +88,8 @@ class LoadedModel:
     model
         The ``nn.Module``, in eval mode.
     preprocessor
-        How images (PIL images or paths) become the model's input tensors.
+        How images (PIL images or paths) become the model's input tensors (None for text
+        models).
     labels
         Class names by output index, or None when unknown.
     spec
@@ -97,14 +98,21 @@ class LoadedModel:
         True when no weights were loaded (its predictions are meaningless).
     notes
         Where the weights, preprocessing and names came from, and any key remapping done.
+    keyword
+        Name of the input argument for models called with keywords (``"pixel_values"`` for
+        Hugging Face image models), None for ``model(x)``.
+    tokenizer
+        The Hugging Face tokenizer of text models.
     """
 
     model: nn.Module
-    preprocessor: ImagePreprocessor
+    preprocessor: ImagePreprocessor | None
     labels: list[str] | None
     spec: str
     random_init: bool = False
     notes: list[str] = field(default_factory=list)
+    keyword: str | None = None
+    tokenizer: Any = None
 
 
 @cache

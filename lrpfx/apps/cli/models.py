@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +21,14 @@ from torch import nn
 from lrpfx.apps.cli.errors import CLIError, first_line
 from lrpfx.apps.cli.options import MODEL_SPECS, image_size
 from lrpfx.apps.preprocess import (
-    ImagePreprocessor,
     default_preprocessor,
     digits_preprocessor,
     hf_preprocessor,
     timm_preprocessor,
 )
+from lrpfx.data.models import LoadedModel
 
 __all__ = ["LoadedModel", "load_model", "read_labels"]
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for the CLI, with what is needed to feed it and name its classes.
-
-    Attributes
-    ----------
-    model
-        The ``nn.Module``, in eval mode.
-    spec
-        The ``--model`` string it was loaded from.
-    preprocessor
-        How images are prepared for it (None for text models).
-    labels
-        Class names by index, when the model, its weights or ``--labels`` define them.
-    keyword
-        Name of the input argument for models called with keywords (``"pixel_values"`` for
-        Hugging Face image models), None for ``model(x)``.
-    tokenizer
-        The Hugging Face tokenizer of text models.
-    random_init
-        True when no trained weights were loaded (predictions are meaningless).
-    notes
-        Remarks to show the user (where weights, preprocessing and names came from).
-    """
-
-    model: nn.Module
-    spec: str
-    preprocessor: ImagePreprocessor | None = None
-    labels: list[str] | None = None
-    keyword: str | None = None
-    tokenizer: Any = None
-    random_init: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def _kind(spec: str) -> str:
@@ -116,8 +81,7 @@ def _load_library(spec: str, weights: str | None, num_classes: int | None) -> Lo
             raise CLIError(f"--model {spec}: {factory}() raised {type(e).__name__}: "
                            f"{first_line(e)}") from e
     notes = [n for n in lm.notes if not n.startswith("no weights")]
-    return LoadedModel(lm.model, spec, lm.preprocessor, lm.labels, random_init=lm.random_init,
-                       notes=notes)
+    return replace(lm, spec=spec, notes=notes)
 
 
 def _hf_labels(config: Any) -> list[str] | None:
@@ -150,7 +114,7 @@ def _load_hf(path: str, task: str, weights: str | None) -> LoadedModel:
             model = auto.from_pretrained(path)
     except (OSError, ValueError, KeyError) as e:
         raise CLIError(f"hf:{path}: cannot load it as {auto.__name__} ({first_line(e)})") from e
-    loaded = LoadedModel(model.eval(), f"hf:{path}", labels=_hf_labels(config))
+    loaded = LoadedModel(model.eval(), None, _hf_labels(config), f"hf:{path}")
     if task == "image":
         loaded.keyword = "pixel_values"
         try:
@@ -198,8 +162,8 @@ def _load_digits(weights: str | None) -> LoadedModel:
         except CLIError:  # not trained yet (or a stale file): train_digits_model handles it
             model, _, acc = train_digits_model("vgg", progress=False)
             notes = [f"trained the digits CNN (test accuracy {acc:.4f}), cached in {cached}"]
-    return LoadedModel(model.eval(), "digits", digits_preprocessor(DEFAULT_SIZE),
-                       labels=[str(i) for i in range(NUM_CLASSES)], notes=notes)
+    return LoadedModel(model.eval(), digits_preprocessor(DEFAULT_SIZE),
+                       [str(i) for i in range(NUM_CLASSES)], "digits", notes=notes)
 
 
 def _named_weights(weights: str | None) -> bool:
