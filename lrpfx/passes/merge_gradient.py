@@ -75,6 +75,54 @@ class PlainCall(nn.Module):
         return call.op(**args) if call.spec.plain is None else call.spec.plain(call, args)
 
 
+class _Reused(torch.autograd.Function):
+    """Forward: the node's forward value when the closed form reads it (softmax's output),
+    otherwise a zero stand-in of its shape (nothing reads it); backward: the closed form."""
+
+    @staticmethod
+    def forward(ctx, call: RuleCall, carried: int, *tensors: Tensor) -> Tensor:  # noqa: ANN001
+        closed = call.spec.plain_vjp
+        assert closed is not None
+        carriers, values = tensors[:carried], tensors[carried:]
+        named = dict(zip(closed.reads, values))
+        ctx.call, ctx.carried = call, carried
+        ctx.save_for_backward(*values)
+        if "out" in named:
+            return named["out"].view_as(named["out"])
+        meta = {k: _meta(v) for k, v in call.arguments(carriers).items()}
+        shape = call.op(**meta).shape
+        return carriers[0].new_zeros(()).expand(shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        call: RuleCall = ctx.call
+        closed = call.spec.plain_vjp
+        assert closed is not None
+        grads = closed.vjp(call, dict(zip(closed.reads, ctx.saved_tensors)), grad)
+        wanted = ctx.needs_input_grad[2:2 + len(call.relevant)]
+        return (None, None, *[grads[k] if w else None for k, w in zip(call.relevant, wanted)],
+                *[None] * (ctx.carried - len(call.relevant) + len(ctx.saved_tensors)))
+
+
+def _meta(value: Any) -> Any:
+    return torch.empty(value.shape, dtype=value.dtype, device="meta") \
+        if isinstance(value, Tensor) else value
+
+
+class ReusedCall(nn.Module):
+    """A rule-bearing node of a replayed branch whose plain VJP runs in closed form on forward
+    values the graph already holds (``RuleSpec.plain_vjp``): nothing recomputed, nothing new
+    kept. Called with the replayed inputs (relevant, then runtime), then those values."""
+
+    def __init__(self, call: RuleCall) -> None:
+        super().__init__()
+        self.__dict__["call"] = call  # not a submodule, as in PlainCall
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        call: RuleCall = self.__dict__["call"]
+        return _Reused.apply(call, len(call.relevant) + len(call.runtime), *tensors)
+
+
 class PlainBranch(nn.Module):
     """The nodes between a merge's skip ``b`` and its branch operand ``a``, recomputed
     differentiably from the collector's output: ``graph(skip, *others) -> a``. Other inputs are
@@ -139,7 +187,8 @@ def _nodes_in(args: Any) -> list[fx.Node]:
 
 def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
                   ) -> tuple[PlainBranch, list[fx.Node]]:
-    """The branch as its own graph module, and the outside nodes it reads (its extra inputs)."""
+    """The branch as its own graph module, and the outside nodes it reads (its extra inputs:
+    other inputs of the branch, and the forward values its closed-form VJPs read)."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {skip: graph.placeholder("skip")}
     outside: list[fx.Node] = []
@@ -148,11 +197,19 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
     mods = {n: gm.get_submodule(str(n.target)) for n in nodes if n.op == "call_module"}
     replays = {n for n, m in mods.items() if isinstance(m, PlainBranch)}
     members = set(nodes) - replays
+    reused = _reused(nodes, mods, replays)
 
     def args_of(n: fx.Node) -> tuple:
         m = mods.get(n)
         return n.args[:len(m.relevant) + len(m.runtime)] if isinstance(m, RuleCall) else n.args
 
+    def values_of(n: fx.Node) -> list[fx.Node]:
+        call = mods[n]
+        assert isinstance(call, RuleCall) and call.spec.plain_vjp is not None
+        named = dict(zip(call.relevant + call.runtime, n.args))
+        return [n if k == "out" else named[k] for k in call.spec.plain_vjp.reads]
+
+    values: dict[fx.Node, fx.Node] = {}  # forward values read from the main graph
     for n in nodes:
         if n in replays:
             continue
@@ -160,6 +217,12 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
             if a not in env and a not in members:
                 env[a] = graph.placeholder(f"other_{len(outside)}")
                 outside.append(a)
+        for a in values_of(n) if n in reused else ():
+            if a not in values:
+                values[a] = env[a] if a in env and a not in members else \
+                    graph.placeholder(f"other_{len(outside)}")
+                if values[a] is not env.get(a):
+                    outside.append(a)
     root: dict[str, Any] = {}
     for n in nodes:
         if n in replays:
@@ -169,13 +232,42 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
             env[n] = env[n.args[0]]
         elif mod is not None:
             name = str(n.target).replace(".", "_")
-            root[name] = PlainCall(mod) if isinstance(mod, RuleCall) else mod
-            env[n] = graph.call_module(name, fx.map_arg(args_of(n), env.__getitem__),
-                                       fx.map_arg(n.kwargs, env.__getitem__))
+            args = fx.map_arg(args_of(n), env.__getitem__)
+            if n in reused:
+                assert isinstance(mod, RuleCall)
+                root[name] = ReusedCall(mod)
+                args = (*args, *[values[a] for a in values_of(n)])
+            else:
+                root[name] = PlainCall(mod) if isinstance(mod, RuleCall) else mod
+            env[n] = graph.call_module(name, args, fx.map_arg(n.kwargs, env.__getitem__))
         else:
             env[n] = graph.node_copy(n, env.__getitem__)
     graph.output(env[nodes[-1]])
     return PlainBranch(fx.GraphModule(root, graph, class_name="PlainBranch")), outside
+
+
+def _reused(nodes: list[fx.Node], mods: dict[fx.Node, nn.Module], replays: set[fx.Node]
+            ) -> set[fx.Node]:
+    """The branch's rule nodes whose plain VJP runs in closed form on the forward's values
+    (:attr:`lrpfx.rules.base.RuleSpec.plain_vjp`): those whose replayed output no replayed node
+    reads the value of. Walking back from the branch's end: a node recomputed by autograd reads
+    its inputs' values, data movement passes the need on to its inputs, a closed form reads
+    none (its values come from the main graph)."""
+    read: set[fx.Node] = set()
+    reused: set[fx.Node] = set()
+    for n in reversed(nodes):
+        if n in replays:
+            continue
+        mod = mods.get(n)
+        closed = mod.spec.plain_vjp if isinstance(mod, RuleCall) else None
+        if closed is not None and all(isinstance(a, fx.Node) for a in _nodes_in(n.args)) \
+                and (n not in read or "out" in closed.reads):
+            reused.add(n)
+        elif mod is None and n not in read:
+            continue
+        elif not isinstance(mod, MergeCollector) or n in read:
+            read.update(_nodes_in((n.args, n.kwargs)))
+    return reused
 
 
 def mixes_positions(gm: fx.GraphModule, nodes: list[fx.Node]) -> bool:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lrpfx.core import ops
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, abs_branch_vjp, stabilised_ratio
-from lrpfx.rules.base import RuleCall, RuleSpec, reduce_to
+from lrpfx.rules.base import PlainVJP, RuleCall, RuleSpec, reduce_to
 
 
 def _softmax_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
@@ -47,78 +47,70 @@ def _softmax_plain(call: RuleCall, args: dict) -> Tensor:
     return (e / e.sum(dim, keepdim=True).detach()).masked_fill(dead, 0.0)
 
 
-def _matmul_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
-                    ) -> dict[str, Tensor]:
-    """Per forward, for ``y = a @ b`` with ``a: (…, M, K)``, ``b: (…, K, N)``: the operands of
-    each VJP laid out so that both of its products are one (``[b; |b|]`` stacked on K), or a
-    single product where an operand is known non-negative (attention probabilities). Falls back
-    to keeping ``a`` and ``b`` when batch dimensions broadcast."""
-    args = call.arguments(inputs)
-    a, b = args["input"], args["other"]
-    if a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2]:
-        return {"input": a, "other": b}
-    kept = {}
-    if "input" in call.relevant:  # VJP_a = s bᵀ + sign(a) ⊙ s |b|ᵀ
-        if "input" in call.nonneg:
-            kept["a_pos_bt"] = b.clamp(min=0).transpose(-1, -2).contiguous()
-        else:
-            kept["a_cat_bt"] = torch.cat([b, b.abs()], dim=-2).transpose(-1, -2).contiguous()
-            kept["a_sign"] = torch.sign(a)
-    if "other" in call.relevant:  # VJP_b = aᵀ s + sign(b) ⊙ |a|ᵀ s
-        if "other" in call.nonneg:
-            kept["b_pos_at"] = a.clamp(min=0).transpose(-1, -2).contiguous()
-        elif "input" in call.nonneg:  # |a| = a: aᵀ s ⊙ (1 + sign b)
-            kept["b_at"] = a.transpose(-1, -2).contiguous()
-            kept["b_one_plus_sign"] = torch.sign(b).add_(1)
-        else:
-            kept["b_cat_at"] = torch.cat([a, a.abs()], dim=-1).transpose(-1, -2).contiguous()
-            kept["b_sign"] = torch.sign(b)
-    return kept
-
-
 def _matmul_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
                 ) -> dict[str, Tensor]:
-    if "input" in inputs:  # broadcasting or 1-D operands: the formula on the inputs
-        return _matmul_vjp_general(call, inputs, s, out)
-    grads = {}
-    if "a_pos_bt" in inputs:  # 2 s (b⁺)ᵀ, the constant 2 dropped
-        grads["input"] = s @ inputs["a_pos_bt"]
-    elif "a_cat_bt" in inputs:
-        both = s @ inputs["a_cat_bt"]
-        plain, absolute = both.split(both.shape[-1] // 2, dim=-1)
-        grads["input"] = torch.addcmul(plain, inputs["a_sign"], absolute)
-    if "b_pos_at" in inputs:
-        grads["other"] = inputs["b_pos_at"] @ s
-    elif "b_at" in inputs:
-        grads["other"] = (inputs["b_at"] @ s).mul_(inputs["b_one_plus_sign"])
-    elif "b_cat_at" in inputs:
-        both = inputs["b_cat_at"] @ s
-        plain, absolute = both.split(both.shape[-2] // 2, dim=-2)
-        grads["other"] = torch.addcmul(plain, inputs["b_sign"], absolute)
-    return grads
-
-
-def _matmul_vjp_general(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-                        ) -> dict[str, Tensor]:
+    """For ``y = a @ b`` (``a: (…, M, K)``, ``b: (…, K, N)``) each VJP's two products as one,
+    with ``[b; |b|]`` stacked on K, or a single product where an operand is known non-negative
+    (attention probabilities). The operands themselves are what the forward keeps: the stacked
+    and signed forms are built per backward pass, since the operands are kept anyway (by the
+    total derivative's replay, by the ops around them) and the copies would double that."""
     args = call.arguments(inputs)
     a, b = args["input"], args["other"]
     if a.dim() < 2 or b.dim() < 2:
         return abs_branch_vjp(call, inputs, s, out)
     grads = {}
-    if "input" in call.relevant:
-        v = s @ b.transpose(-1, -2) + torch.sign(a) * (s @ b.abs().transpose(-1, -2))
+    if "input" in call.relevant:  # VJP_a = s bᵀ + sign(a) ⊙ s |b|ᵀ
+        if "input" in call.nonneg:  # 2 s (b⁺)ᵀ, the constant 2 dropped
+            v = s @ b.clamp(min=0).transpose(-1, -2)
+        else:
+            both = s @ torch.cat([b, b.abs()], dim=-2).transpose(-1, -2)
+            plain, absolute = both.split(both.shape[-1] // 2, dim=-1)
+            v = torch.addcmul(plain, torch.sign(a), absolute)
         grads["input"] = reduce_to(v, a)
-    if "other" in call.relevant:
-        v = a.transpose(-1, -2) @ s + torch.sign(b) * (a.abs().transpose(-1, -2) @ s)
+    if "other" in call.relevant:  # VJP_b = aᵀ s + sign(b) ⊙ |a|ᵀ s
+        if "other" in call.nonneg:
+            v = a.clamp(min=0).transpose(-1, -2) @ s
+        elif "input" in call.nonneg:  # |a| = a: aᵀ s ⊙ (1 + sign b)
+            v = (a.transpose(-1, -2) @ s).mul_(torch.sign(b).add_(1))
+        else:
+            both = torch.cat([a, a.abs()], dim=-1).transpose(-1, -2) @ s
+            plain, absolute = both.split(both.shape[-2] // 2, dim=-2)
+            v = torch.addcmul(plain, torch.sign(b), absolute)
         grads["other"] = reduce_to(v, b)
     return grads
 
 
+def _softmax_plain_vjp(call: RuleCall, values: dict[str, Tensor], g: Tensor
+                       ) -> dict[str, Tensor]:
+    # the Jacobian of _softmax_plain is diag(h): masked positions and dead rows have h = 0
+    return {"input": g * values["out"]}
+
+
+def _matmul_plain_vjp(call: RuleCall, values: dict[str, Tensor], g: Tensor
+                      ) -> dict[str, Tensor]:
+    # y = a @ b: VJP_a = g bᵀ, VJP_b = aᵀ g (batched, broadcast dimensions summed back)
+    args = call.arguments(values)
+    a, b = args["input"], args["other"]
+    if a.dim() < 2 or b.dim() < 2:  # vector operands: the product's own derivative
+        with torch.enable_grad():
+            leaves = {k: args[k].detach().requires_grad_(True) for k in call.relevant}
+            out = torch.matmul(*[leaves.get(k, args[k]) for k in ("input", "other")])
+            return dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), g)))
+    grads = {}
+    if "input" in call.relevant:
+        grads["input"] = reduce_to(g @ b.transpose(-1, -2), a)
+    if "other" in call.relevant:
+        grads["other"] = reduce_to(a.transpose(-1, -2) @ g, b)
+    return grads
+
+
 ABSLRP.register(RuleSpec("softmax", AbsLRPFunction, None, diag=_softmax_diag,
-                         relevance_args=("input",), plain=_softmax_plain))
+                         relevance_args=("input",), plain=_softmax_plain,
+                         plain_vjp=PlainVJP(("out",), _softmax_plain_vjp)))
 # einsum: the same two-operand rule, by local autograd on the formula (no closed form per
 # equation)
 ABSLRP.register(RuleSpec("einsum", AbsLRPFunction, abs_branch_vjp,
                          relevance_args=("input", "other")))
 ABSLRP.register(RuleSpec("matmul", AbsLRPFunction, _matmul_vjp,
-                         relevance_args=("input", "other"), prepare=_matmul_prepare))
+                         relevance_args=("input", "other"),
+                         plain_vjp=PlainVJP(("input", "other"), _matmul_plain_vjp)))

@@ -95,6 +95,23 @@ def reduce_to(t: Tensor, like: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class PlainVJP:
+    """An op's plain VJP (:attr:`RuleSpec.plain`'s, statistics held constant) as a closed form.
+
+    Attributes
+    ----------
+    reads
+        The forward values the VJP reads: argument names of the op and ``"out"`` (its output).
+    vjp
+        ``vjp(call, values, g) -> {name: grad}`` for every relevant input, ``values`` holding
+        ``reads`` by name (constants come from ``call``).
+    """
+
+    reads: tuple[str, ...]
+    vjp: Callable[[RuleCall, dict[str, Tensor], Tensor], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     """How one canonical op propagates relevance under one rule set.
 
@@ -158,6 +175,10 @@ class RuleSpec:
     held constant (layer norm's mean and variance, softmax's max and sum), as the reference's
     rewritten forward computes it: the Jacobian that the absLRP option
     ``merge_total_derivative`` carries through residual branches. None: the op itself."""
+    plain_vjp: PlainVJP | None = None
+    """The transposed Jacobian of ``plain`` in closed form, from forward values the graph already
+    holds: the total derivative's replay then recomputes nothing and keeps nothing new
+    (:mod:`lrpfx.passes.merge_gradient`). None: the replay recomputes the op with autograd."""
     configure: Callable[[RuleSpec, dict[str, Any]], RuleSpec] | None = None
     """Applies the rule set's options to this spec (see :func:`lrpfx.rules.get_ruleset`)."""
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised_ratio
-from lrpfx.rules.base import RuleCall, RuleSpec
+from lrpfx.rules.base import PlainVJP, RuleCall, RuleSpec
 
 
 def _relu_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
@@ -83,7 +83,8 @@ def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
 
 
 ABSLRP.register(RuleSpec("relu", AbsLRPFunction, None, diag=_relu_diag, through=_relu_through))
-ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, None, diag=_identity_diag))
+ABSLRP.register(RuleSpec("dropout", AbsLRPFunction, None, diag=_identity_diag,
+                         plain_vjp=PlainVJP((), lambda call, values, g: {"input": g})))
 for _op in (
     "leaky_relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "elu", "softplus", "mish", "pow", "pointwise",

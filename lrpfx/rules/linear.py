@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lrpfx.core import ops
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, stabilised_ratio
-from lrpfx.rules.base import RuleCall, RuleSpec
+from lrpfx.rules.base import PlainVJP, RuleCall, RuleSpec
 
 Transpose = Callable[[RuleCall, Tensor, Tensor, Tensor], Tensor]
 Both = Callable[[RuleCall, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -154,7 +154,10 @@ def _linear_family(op: str, transpose: Transpose, both: Both,
         plain, absolute = both(call, x, s)
         return {"input": torch.addcmul(plain, inputs["sign"], absolute)}
 
-    ABSLRP.register(RuleSpec(op, AbsLRPFunction, vjp, derive=derive, prepare=prepare))
+    plain = PlainVJP((), lambda call, values, g: {"input": g @ _weight(call)}) \
+        if op == "linear" else None
+    ABSLRP.register(RuleSpec(op, AbsLRPFunction, vjp, derive=derive, prepare=prepare,
+                             plain_vjp=plain))
 
 
 def _bn_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
