@@ -201,3 +201,33 @@ def test_total_derivative_on_real_architectures(case_id):
         with torch.no_grad():
             torch.testing.assert_close(cm._logits(ex(x)), cm._logits(model(x)),
                                        rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case_id", ["hf/bert", "timm/deit_tiny_patch16_224"])
+@pytest.mark.parametrize("where", ["attention", True])
+def test_replay_in_closed_form_equals_the_recomputed_replay(case_id, where, monkeypatch):
+    """The replay of a branch runs each op's plain VJP in closed form on the forward's values
+    (``RuleSpec.plain_vjp``) where it can; recomputing the whole branch with autograd (the
+    general path) gives the same maps."""
+    from lrpfx.passes import merge_gradient
+    from tests import coverage_models as cm
+
+    case = next(c for c in cm.all_cases() if c.id == case_id)
+    model = cm.build(case).double()
+    inputs = case.inputs()
+    x = inputs.pop("x", None)
+    kwargs = {} if x is None else {"x": x.double()}
+    kwargs.update(inputs)
+
+    def maps():
+        ex = lrpfx.compile(model, merge_total_derivative=where)
+        got = ex.explain(*kwargs.values(), contrastive=False) if x is not None \
+            else ex.explain(**kwargs, contrastive=False)
+        return got, {type(m).__name__ for m in ex.modules()}
+
+    reused, kinds = maps()
+    assert "ReusedCall" in kinds
+    monkeypatch.setattr(merge_gradient, "_reused", lambda *a: set())
+    recomputed, kinds = maps()
+    assert "ReusedCall" not in kinds and "PlainCall" in kinds
+    torch.testing.assert_close(reused, recomputed, rtol=1e-9, atol=1e-12)
