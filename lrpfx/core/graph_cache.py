@@ -21,6 +21,7 @@ from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.decompose import decompose
 from lrpfx.passes.fold_batchnorm import fold_batch_norm
 from lrpfx.passes.fuse import fuse_chains
+from lrpfx.passes.kept_outputs import keep_outputs
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import rewrite
 from lrpfx.rules.base import RuleSet
@@ -184,6 +185,7 @@ class GraphCache(nn.Module):
         if merges:
             report.total_derivative_merges = total_derivative_at_merges(
                 gm, "attention" if merges == "attention" else "all")
+        keep_outputs(gm)
         gm = fuse_chains(gm)
         shared = {id(t) for t in self._shared.all()}  # converted already
         for fn in self._conversions:

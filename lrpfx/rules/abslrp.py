@@ -73,7 +73,10 @@ class AbsLRPFunction(torch.autograd.Function):
             kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
             scale, out = saved[-2:]
             assert spec.vjp is not None  # a spec without diag has a vjp
-            vjps = spec.vjp(call, named, grad * scale, out)
+            # the ratio computed here where the forward kept the output instead (a reader
+            # keeps it anyway: see lrpfx.passes.kept_outputs)
+            s = stabilised_ratio(scale).mul_(grad) if ctx.ratio_pending else grad * scale
+            vjps = spec.vjp(call, named, s, out)
         # raw VJPs for the plain replay of a residual branch (copied: normalising may work in
         # place, and one tensor must not be handed to autograd twice)
         first_seed = 1 + len(call.relevant) + len(call.runtime)
@@ -140,8 +143,9 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         ctx.weighted = tuple(weighted)
         ctx.save_for_backward(*factors.values(), *weights)
     else:
+        ctx.ratio_pending = scale is None and spec.divide and call.keep_output
         if scale is None:
-            scale = stabilised_ratio(out) if spec.divide else out
+            scale = out if not spec.divide or call.keep_output else stabilised_ratio(out)
         # the rule's own per-forward tensors (signs, [B; |B|], ...), by default its inputs
         prepared = (dict(named) if spec.prepare is None
                     else spec.prepare(call, {**named, **(extras or {})}, out))

@@ -221,6 +221,9 @@ class RuleCall(nn.Module):
         # inputs whose raw VJP is also returned to an extra trailing input (the plain replay of
         # a residual branch, see lrpfx.passes.merge_gradient)
         self.seeds: tuple[str, ...] = ()
+        # the forward keeps the output, not the ratio y/(|y|+ε) (a reader keeps the output
+        # anyway; see lrpfx.passes.kept_outputs)
+        self.keep_output = False
         self.spec = spec
         self.op = op
         self.relevant = relevant

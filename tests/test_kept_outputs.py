@@ -1,0 +1,35 @@
+"""The pass that keeps a rule's output instead of its ratio where a reader keeps the output
+anyway (``lrpfx.passes.kept_outputs``): same maps, bit for bit, and it marks the attention
+projection of a ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lrpfx
+from lrpfx.core import graph_cache
+from lrpfx.rules.base import RuleCall
+
+
+@pytest.mark.parametrize("case_id", ["timm/deit_tiny_patch16_224", "hf/bert"])
+def test_keeping_the_output_gives_the_same_maps(case_id, monkeypatch):
+    from tests import coverage_models as cm
+
+    case = next(c for c in cm.all_cases() if c.id == case_id)
+    model = cm.build(case).double()
+    inputs = case.inputs()
+    x = inputs.pop("x", None)
+
+    def run():
+        ex = lrpfx.compile(model)
+        got = ex.explain(x.double()) if x is not None else ex.explain(**inputs)
+        marked = [c for c in ex.modules() if isinstance(c, RuleCall) and c.keep_output]
+        return got, marked
+
+    kept, marked = run()
+    assert marked and all(c.spec.op == "linear" for c in marked)
+    monkeypatch.setattr(graph_cache, "keep_outputs", lambda gm: [])
+    plain, unmarked = run()
+    assert not unmarked
+    torch.testing.assert_close(kept, plain, rtol=0, atol=0)
