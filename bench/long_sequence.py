@@ -185,8 +185,10 @@ def run_child(name: str, method: str, length: int, args: argparse.Namespace) -> 
                               check=False)
     except subprocess.TimeoutExpired:
         return None
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name}/{method}/{length} failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # e.g. killed for memory: report it, go on with the others
+        print(f"{name}/{method}/{length} failed (exit {proc.returncode}):\n"
+              f"{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"failed": proc.returncode}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return None if result["seconds"] > args.max_seconds else result
 
@@ -235,14 +237,17 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         sal = row["results"].get("saliency")
+        if sal is not None and "failed" in sal:
+            sal = None
         cells = [row["model"], str(row["length"]), f"{row['attn_mib']:.0f}",
                  "skipped" if sal is None else f"{sal['seconds']:.1f} / {sal['peak_mib']:.0f}"]
         for m in args.methods:
             if m == "saliency":
                 continue
             r = row["results"].get(m)
-            if r is None:
-                cells.append(f"skipped (> {args.max_seconds:.0f} s)")
+            if r is None or "failed" in r:
+                cells.append(f"skipped (> {args.max_seconds:.0f} s)" if r is None
+                             else f"failed (exit {r['failed']})")
                 continue
             cell = f"{r['seconds']:.1f} / {r['peak_mib']:.0f}"
             if sal is not None and sal["peak_mib"] > 0:
@@ -296,12 +301,11 @@ def main(argv: list[str] | None = None) -> None:
             results: dict[str, dict | None] = {}
             for method in args.methods:
                 print(f"{name} L={length} {method} ...", file=sys.stderr, flush=True)
-                results[method] = None if method in too_long else \
+                results[method] = r = None if method in too_long else \
                     run_child(name, method, length, args)
-                if results[method] is None:
+                if r is None or "failed" in r:
                     too_long.add(method)
                 else:
-                    r = results[method]
                     print(f"  {r['seconds']:.1f} s, {r['peak_mib']:.0f} MiB", file=sys.stderr,
                           flush=True)
             rows.append({"model": name, "length": length, "results": results,
