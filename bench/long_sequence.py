@@ -202,8 +202,10 @@ def tally(name: str, method: str, length: int) -> dict[str, tuple[int, float]]:
     fn()  # capture first, so only the measured call's tensors are counted
     vocab = getattr(build_model(name).config, "vocab_size", -1)
     seen: dict[tuple[int, int], tuple[str, int]] = {}
+    alive: list[Tensor] = []  # no storage is freed and its address reused while counting
 
     def pack(t: Tensor) -> Tensor:
+        alive.append(t)
         shape = tuple(t.shape)
         if shape.count(length) >= 2:
             kind = f"L x L ({'x'.join(map(str, shape))})"
