@@ -48,7 +48,9 @@ and the longer lengths of that model and method are skipped too.
 ``--tally``: instead of the table, run each method once in this process under
 ``torch.autograd.graph.saved_tensors_hooks`` and print the tensors the autograd graph saved,
 grouped by shape class (attention-sized ``L x L``, vocabulary-sized, other), counted once per
-storage.
+storage. A class is read from the shape alone: ``[k; |k|]`` (``L x 2 d_head``) counts as
+``L x L`` when ``L = 2 d_head`` (BERT-base at 128 tokens), and a view is labelled with its own
+shape but counted with its storage's size (the last position's logits: the whole logits).
 """
 
 from __future__ import annotations
