@@ -33,3 +33,37 @@ def test_keeping_the_output_gives_the_same_maps(case_id, monkeypatch):
     plain, unmarked = run()
     assert not unmarked
     torch.testing.assert_close(kept, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case_id", ["timm/deit_tiny_patch16_224", "hf/bert"])
+def test_recomputing_a_products_factor_gives_the_same_maps(case_id, monkeypatch):
+    """Products of two activations (attention scores; alone, or heading a fused chain with the
+    softmax) recompute their ratio or factor per backward pass where it outweighs their
+    operands (``RECOMPUTE_ABOVE``): the same maps, bit for bit, as keeping it."""
+    from lrpfx.rules import abslrp
+    from tests import coverage_models as cm
+
+    case = next(c for c in cm.all_cases() if c.id == case_id)
+    model = cm.build(case).double()
+    inputs = case.inputs()
+    x = inputs.pop("x", None)
+    recomputed = []
+    original = abslrp._recomputes
+
+    def spy(head, args, out):
+        decided = original(head, args, out)
+        recomputed.append(decided)
+        return decided
+
+    def run(threshold):
+        monkeypatch.setattr(abslrp, "RECOMPUTE_ABOVE", threshold)
+        recomputed.clear()
+        ex = lrpfx.compile(model)
+        return ex.explain(x.double()) if x is not None else ex.explain(**inputs)
+
+    monkeypatch.setattr(abslrp, "_recomputes", spy)
+    always = run(0.0)
+    assert any(recomputed)
+    never = run(float("inf"))
+    assert recomputed and not any(recomputed)
+    torch.testing.assert_close(always, never, rtol=0, atol=0)

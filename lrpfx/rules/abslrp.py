@@ -50,52 +50,65 @@ class AbsLRPFunction(torch.autograd.Function):
         if not any(ctx.needs_input_grad[1:]):
             return call.op(**call.arguments(inputs))
         out, extras = _run(call, inputs)
-        _prepare(ctx, call, inputs, out, extras=extras)
+        ctx.recompute = _recomputes(call, inputs, out)
+        if ctx.recompute:  # a product whose ratio outweighs its operands: see RECOMPUTE_ABOVE
+            ctx.save_for_backward(*inputs)
+        else:
+            _prepare(ctx, call, inputs, out, extras=extras)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        call: RuleCall = ctx.call
-        spec = call.spec
-        saved = ctx.saved_tensors
-        weighted: dict[str, bool] = {}
-        if spec.diag is not None:
-            n = len(ctx.factor_names)
-            factors = dict(zip(ctx.factor_names, saved[:n]))
-            names = [k for k in call.relevant if k in call.normalize]
-            kept = dict(zip(names, saved[n:]))
-            weighted = dict(zip(names, ctx.weighted))
-            vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
-        else:
-            n = len(ctx.prepared_names)
-            named = dict(zip(ctx.prepared_names, saved[:n]))
-            kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
-            scale, out = saved[-2:]
-            assert spec.vjp is not None  # a spec without diag has a vjp
-            # the ratio computed here where the forward kept the output instead (a reader
-            # keeps it anyway: see lrpfx.passes.kept_outputs)
-            s = stabilised_ratio(scale).mul_(grad) if ctx.ratio_pending else grad * scale
-            vjps = spec.vjp(call, named, s, out)
-        # raw VJPs for the plain replay of a residual branch (copied: normalising may work in
-        # place, and one tensor must not be handed to autograd twice)
-        first_seed = 1 + len(call.relevant) + len(call.runtime)
-        seeds = [vjps[k].clone() if ctx.needs_input_grad[first_seed + i] else None
-                 for i, k in enumerate(call.seeds)]
-        grads, abs_grad = [], None
-        for name in call.relevant:
-            v = vjps[name]
-            if weighted.get(name):
-                # Σ|x ⊙ F ⊙ G| = Σ |x ⊙ F| ⊙ |G|: one dot product with the weights saved in
-                # the forward, |G| shared by the node's inputs; v = G ⊙ F is a fresh tensor
-                if abs_grad is None:
-                    abs_grad = grad.abs()
-                v = v.div_(positive_or_one(per_example_dot(kept[name], abs_grad)))
-            elif name in call.normalize:
-                v = normalised_gradient(v, kept[name], inplace=True, nonneg=name in call.nonneg)
-            grads.append(v)
-        return (None, *grads, *[None] * len(call.runtime), *seeds)
+        if not ctx.recompute:
+            return _backward(ctx, ctx.saved_tensors, grad)
+        replayed = _Replayed(ctx.call, ctx.needs_input_grad)
+        with torch.no_grad():
+            out, extras = _run(ctx.call, ctx.saved_tensors)
+            _prepare(replayed, ctx.call, ctx.saved_tensors, out, extras=extras)
+        return _backward(replayed, replayed.saved_tensors, grad)
 
+
+def _backward(ctx, saved: tuple[Tensor, ...], grad: Tensor) -> tuple:  # noqa: ANN001
+    """The backward of :class:`AbsLRPFunction` from what ``_prepare`` saved on ``ctx``."""
+    call: RuleCall = ctx.call
+    spec = call.spec
+    weighted: dict[str, bool] = {}
+    if spec.diag is not None:
+        n = len(ctx.factor_names)
+        factors = dict(zip(ctx.factor_names, saved[:n]))
+        names = [k for k in call.relevant if k in call.normalize]
+        kept = dict(zip(names, saved[n:]))
+        weighted = dict(zip(names, ctx.weighted))
+        vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
+    else:
+        n = len(ctx.prepared_names)
+        named = dict(zip(ctx.prepared_names, saved[:n]))
+        kept = dict(zip([k for k in call.relevant if k in call.normalize], saved[n:-2]))
+        scale, out = saved[-2:]
+        assert spec.vjp is not None  # a spec without diag has a vjp
+        # the ratio computed here where the forward kept the output instead (a reader
+        # keeps it anyway: see lrpfx.passes.kept_outputs)
+        s = stabilised_ratio(scale).mul_(grad) if ctx.ratio_pending else grad * scale
+        vjps = spec.vjp(call, named, s, out)
+    # raw VJPs for the plain replay of a residual branch (copied: normalising may work in
+    # place, and one tensor must not be handed to autograd twice)
+    first_seed = 1 + len(call.relevant) + len(call.runtime)
+    seeds = [vjps[k].clone() if ctx.needs_input_grad[first_seed + i] else None
+             for i, k in enumerate(call.seeds)]
+    grads, abs_grad = [], None
+    for name in call.relevant:
+        v = vjps[name]
+        if weighted.get(name):
+            # Σ|x ⊙ F ⊙ G| = Σ |x ⊙ F| ⊙ |G|: one dot product with the weights saved in
+            # the forward, |G| shared by the node's inputs; v = G ⊙ F is a fresh tensor
+            if abs_grad is None:
+                abs_grad = grad.abs()
+            v = v.div_(positive_or_one(per_example_dot(kept[name], abs_grad)))
+        elif name in call.normalize:
+            v = normalised_gradient(v, kept[name], inplace=True, nonneg=name in call.nonneg)
+        grads.append(v)
+    return (None, *grads, *[None] * len(call.runtime), *seeds)
 
 def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
     """The op's output, and what its kernel found on the way that ``prepare`` reads (max
@@ -165,35 +178,80 @@ class ChainFunction(AbsLRPFunction):
 
     @staticmethod
     def forward(ctx, chain, *inputs: Tensor) -> Tensor:  # noqa: ANN001
-        head = chain.head
-        ctx.call = head
-        grad = any(ctx.needs_input_grad[1:])
-        out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
-        factor = None
-        if grad:  # one running factor, updated op by op; an element-wise head's own factors
-            # hold its ratio, so for it the tails' product starts empty, unless the head takes
-            # its ratio from the chain (RuleSpec.masks): then ratio(out) is left pending, and a
-            # following ReLU computes ratio(relu(out))² instead of two ratios
-            if head.spec.masks is not None:
-                factor = RunningFactor(None, pending=out)
-            elif head.spec.diag is not None:
-                factor = RunningFactor(None)
-            else:
-                factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
-        y = out
-        for t in chain.tail:
-            x, y = y, t.op(**t.arguments((y,)))
-            if factor is not None:
-                factor.through(t, x, y)
-        if factor is not None:
-            if head.spec.masks is not None:
-                _prepare(ctx, head, inputs, out, ratio=factor.materialize(), extras=extras)
-            elif head.spec.diag is not None:
-                _prepare(ctx, head, inputs, out, then=factor.materialize(), extras=extras)
-            else:
-                _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
-        return y
+        ctx.call = chain.head
+        return _chain_forward(ctx, chain, inputs, any(ctx.needs_input_grad[1:]))
 
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        if not ctx.recompute:
+            return _backward(ctx, ctx.saved_tensors, grad)
+        # the factor was not kept: the chain's forward once more, for this pass only
+        replayed = _Replayed(ctx.call, ctx.needs_input_grad)
+        with torch.no_grad():
+            _chain_forward(replayed, ctx.chain, ctx.saved_tensors, True, recompute=False)
+        return _backward(replayed, replayed.saved_tensors, grad)
+
+
+class _Replayed:
+    """Stands in for an autograd context when a chain's forward runs again in its backward."""
+
+    def __init__(self, call: RuleCall, needs_input_grad: tuple[bool, ...]) -> None:
+        self.call, self.needs_input_grad = call, needs_input_grad
+        self.saved_tensors: tuple[Tensor, ...] = ()
+
+    def save_for_backward(self, *tensors: Tensor | None) -> None:
+        self.saved_tensors = tensors  # type: ignore[assignment]
+
+
+RECOMPUTE_ABOVE = 2.0
+"""A product of two activations (alone or heading a fused chain) recomputes its ratio or its
+chain's factor in each backward pass, from its operands (which it keeps anyway), instead of
+keeping it, where that has more than this many times the elements of the operands: attention
+scores over long sequences, L × L per head from L × d. It costs the product once more per pass
+(ViT-B at 224 px, L / 2d = 1.5, keeps its factors)."""
+
+
+def _recomputes(head: RuleCall, inputs: tuple[Tensor, ...], out: Tensor) -> bool:
+    return len(head.relevant) == 2 and head.spec.diag is None and head.spec.prepare is None \
+        and out.numel() > RECOMPUTE_ABOVE * sum(t.numel() for t in inputs)
+
+
+def _chain_forward(ctx, chain, inputs: tuple[Tensor, ...], grad: bool,  # noqa: ANN001
+                   recompute: bool = True) -> Tensor:
+    """The chain's output; with ``grad``, what its backward reads is saved on ``ctx`` (or, where
+    the factor would outweigh the head's operands, the operands, to recompute it from)."""
+    head = chain.head
+    out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
+    ctx.recompute = grad and recompute and _recomputes(head, inputs, out)
+    if ctx.recompute:
+        ctx.chain = chain
+        ctx.save_for_backward(*inputs)
+        grad = False
+    factor = None
+    if grad:  # one running factor, updated op by op; an element-wise head's own factors
+        # hold its ratio, so for it the tails' product starts empty, unless the head takes
+        # its ratio from the chain (RuleSpec.masks): then ratio(out) is left pending, and a
+        # following ReLU computes ratio(relu(out))² instead of two ratios
+        if head.spec.masks is not None:
+            factor = RunningFactor(None, pending=out)
+        elif head.spec.diag is not None:
+            factor = RunningFactor(None)
+        else:
+            factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
+    y = out
+    for t in chain.tail:
+        x, y = y, t.op(**t.arguments((y,)))
+        if factor is not None:
+            factor.through(t, x, y)
+    if factor is not None:
+        if head.spec.masks is not None:
+            _prepare(ctx, head, inputs, out, ratio=factor.materialize(), extras=extras)
+        elif head.spec.diag is not None:
+            _prepare(ctx, head, inputs, out, then=factor.materialize(), extras=extras)
+        else:
+            _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
+    return y
 
 class RunningFactor:
     """The factor ``F`` with ``s_head = F ⊙ G_chain_out`` of a fused chain, built op by op in the
