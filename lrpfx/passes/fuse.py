@@ -26,10 +26,13 @@ class ChainCall(nn.Module):
     head: RuleCall
     tail: nn.ModuleList
 
-    def __init__(self, head: RuleCall, tail: list[RuleCall]) -> None:
+    def __init__(self, head: RuleCall, tail: list[RuleCall], head_arity: int | None = None
+                 ) -> None:
         super().__init__()
         self.head = head
         self.tail = nn.ModuleList(tail)
+        # the call's arguments: the head's, then each tail's runtime tensors (masks)
+        self.head_arity = head_arity
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return ChainFunction.apply(self, *inputs)
@@ -63,8 +66,11 @@ def _fusable_tail(gm: fx.GraphModule, node: fx.Node) -> RuleCall | None:
         return None
     (user,) = node.users
     call = _rule_call(gm, user)
-    if call is None or call.spec.diag is None or call.relevant != ("input",) or call.runtime \
-            or call.normalize or call.as_relevance or user.args != (node,) or user.kwargs:
+    # runtime tensors (a softmax's mask) come from elsewhere in the graph: the chain takes them
+    # as extra arguments
+    if call is None or call.spec.diag is None or call.relevant != ("input",) \
+            or call.normalize or call.as_relevance or not user.args or user.args[0] is not node \
+            or node in user.args[1:] or len(user.args) != 1 + len(call.runtime) or user.kwargs:
         return None
     return call
 
@@ -90,9 +96,11 @@ def fuse_chains(gm: fx.GraphModule) -> fx.GraphModule:
     for chain in chains:
         head, *tail = chain
         name = f"chain_{head.target}"
-        modules[name] = ChainCall(_call(_module(gm, head)), [_call(_module(gm, t)) for t in tail])
+        modules[name] = ChainCall(_call(_module(gm, head)), [_call(_module(gm, t)) for t in tail],
+                                  len(head.args))
+        runtime = tuple(a for t in tail for a in t.args[1:])
         with graph.inserting_after(chain[-1]):
-            new = graph.call_module(name, head.args, head.kwargs)
+            new = graph.call_module(name, (*head.args, *runtime), head.kwargs)
         new.meta = dict(chain[-1].meta)
         new.meta["lrpfx_fused"] = [n.name for n in chain]
         chain[-1].replace_all_uses_with(new)

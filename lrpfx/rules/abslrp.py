@@ -184,13 +184,14 @@ class ChainFunction(AbsLRPFunction):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        extra = (None,) * ctx.tail_runtime  # the tails' masks get no gradient
         if not ctx.recompute:
-            return _backward(ctx, ctx.saved_tensors, grad)
+            return (*_backward(ctx, ctx.saved_tensors, grad), *extra)
         # the factor was not kept: the chain's forward once more, for this pass only
         replayed = _Replayed(ctx.call, ctx.needs_input_grad)
         with torch.no_grad():
             _chain_forward(replayed, ctx.chain, ctx.saved_tensors, True, recompute=False)
-        return _backward(replayed, replayed.saved_tensors, grad)
+        return (*_backward(replayed, replayed.saved_tensors, grad), *extra)
 
 
 class _Replayed:
@@ -222,11 +223,15 @@ def _chain_forward(ctx, chain, inputs: tuple[Tensor, ...], grad: bool,  # noqa: 
     """The chain's output; with ``grad``, what its backward reads is saved on ``ctx`` (or, where
     the factor would outweigh the head's operands, the operands, to recompute it from)."""
     head = chain.head
+    every = inputs
+    arity = len(inputs) if chain.head_arity is None else chain.head_arity
+    inputs, runtime = inputs[:arity], list(inputs[arity:])
+    ctx.tail_runtime = len(runtime)
     out, extras = _run(head, inputs) if grad else (head.op(**head.arguments(inputs)), {})
     ctx.recompute = grad and recompute and _recomputes(head, inputs, out)
     if ctx.recompute:
         ctx.chain = chain
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*every)
         grad = False
     factor = None
     if grad:  # one running factor, updated op by op; an element-wise head's own factors
@@ -241,9 +246,10 @@ def _chain_forward(ctx, chain, inputs: tuple[Tensor, ...], grad: bool,  # noqa: 
             factor = RunningFactor(stabilised_ratio(out) if head.spec.divide else out.clone())
     y = out
     for t in chain.tail:
-        x, y = y, t.op(**t.arguments((y,)))
+        own = tuple(runtime.pop(0) for _ in t.runtime)
+        x, y = y, t.op(**t.arguments((y, *own)))
         if factor is not None:
-            factor.through(t, x, y)
+            factor.through(t, x, y, own)
     if factor is not None:
         if head.spec.masks is not None:
             _prepare(ctx, head, inputs, out, ratio=factor.materialize(), extras=extras)
@@ -288,12 +294,14 @@ class RunningFactor:
         value = self.materialize()
         self.value = f if value is None else value.mul_(f)
 
-    def through(self, call: RuleCall, x: Tensor, y: Tensor) -> None:
-        if call.spec.through is not None:
+    def through(self, call: RuleCall, x: Tensor, y: Tensor, runtime: tuple[Tensor, ...] = ()
+                ) -> None:
+        if call.spec.through is not None and not runtime:
             call.spec.through(call, x, y, self)
             return
         assert call.spec.diag is not None  # chain tails are element-wise rules
-        self.multiply(call.spec.diag(call, {"input": x}, y)["input"])
+        inputs = {"input": x, **dict(zip(call.runtime, runtime))}
+        self.multiply(call.spec.diag(call, inputs, y)["input"])
         self.aligned = False
 
 
