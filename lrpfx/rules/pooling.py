@@ -101,7 +101,9 @@ def _nonneg_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out
         (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
     if "factor" not in inputs:
         return {"input": t}
-    return {"input": t.mul_(inputs["factor"]) if t.shape == x.shape else t * inputs["factor"]}
+    # pooling's backward kernels return a new tensor; sum's and mean's VJP is s expanded
+    fresh = call.spec.op in ("avg_pool", "adaptive_avg_pool") and t.is_contiguous()
+    return {"input": t.mul_(inputs["factor"]) if fresh else t * inputs["factor"]}
 
 
 for _op in ("avg_pool", "adaptive_avg_pool", "mean", "sum"):
