@@ -37,6 +37,14 @@ def _conv_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Ten
     n = len(st["stride"])
     if _strided_pointwise(call, weight):
         return _pointwise_transpose(call, x, s, weight)
+    if _pointwise(call, weight) and s.dim() == weight.dim():
+        # a 1×1 convolution's transpose is Wᵀ s per example: one batched matrix product, which
+        # on CPU (1 thread) took 10-25 % less time than convolution_backward's slow_conv2d
+        # path at EfficientNet-Lite0's expansion and projection shapes, [W, |W|] included
+        out_channels = weight.shape[0]
+        t = torch.matmul(weight.reshape(out_channels, -1).t(),
+                         s.reshape(s.shape[0], out_channels, -1))
+        return t.reshape(x.shape)
     return torch.ops.aten.convolution_backward(
         s, x.new_empty(x.shape), weight, None, st["stride"], st["padding"], st["dilation"],
         False, [0] * n, st["groups"], [True, False, False],
@@ -48,6 +56,13 @@ def _strided_pointwise(call: RuleCall, weight: Tensor) -> bool:
     st = call.static
     return all(k == 1 for k in weight.shape[2:]) and not any(st["padding"]) \
         and any(k > 1 for k in st["stride"])
+
+
+def _pointwise(call: RuleCall, weight: Tensor) -> bool:
+    """An unstrided, unpadded 1×1 convolution without groups: a matrix product per position."""
+    st = call.static
+    return all(k == 1 for k in weight.shape[2:]) and not any(st["padding"]) \
+        and all(k == 1 for k in st["stride"]) and st["groups"] == 1
 
 
 def _pointwise_transpose(call: RuleCall, x: Tensor, s: Tensor, weight: Tensor) -> Tensor:

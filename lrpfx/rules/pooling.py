@@ -81,8 +81,34 @@ ABSLRP.register(RuleSpec(
     # option max_pool_divide: the reference's ResNet rules do divide (see get_ruleset)
     configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
 ))
+def _nonneg_linear_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
+                           ) -> dict[str, Tensor]:
+    # 1 + sign x, once per forward (none for x >= 0 known from the graph)
+    x = inputs["input"]
+    if "input" in call.nonneg:
+        return {"input": x}
+    return {"input": x, "factor": torch.sign(x).add_(1)}
+
+
+def _nonneg_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
+                       ) -> dict[str, Tensor]:
+    # ops linear in x with weights >= 0 (average pooling, mean, sum): f(|x|) = T|x|, so
+    # VJP_x(h + ha; s) = Tᵀs + sign(x) Tᵀs = (1 + sign x) ⊙ Tᵀs, and 2 Tᵀs for x >= 0 (the 2
+    # dropped): one VJP of the op, not one of h + ha
+    x = inputs["input"]
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
+    if "factor" not in inputs:
+        return {"input": t}
+    # pooling's backward kernels return a new tensor; sum's and mean's VJP is s expanded
+    fresh = call.spec.op in ("avg_pool", "adaptive_avg_pool") and t.is_contiguous()
+    return {"input": t.mul_(inputs["factor"]) if fresh else t * inputs["factor"]}
+
+
 for _op in ("avg_pool", "adaptive_avg_pool", "mean", "sum"):
-    ABSLRP.register(RuleSpec(_op, AbsLRPFunction, abs_branch_vjp))
+    ABSLRP.register(RuleSpec(_op, AbsLRPFunction, _nonneg_linear_vjp,
+                             prepare=_nonneg_linear_prepare))
 
 
 def _positive_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
