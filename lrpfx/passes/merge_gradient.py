@@ -84,8 +84,9 @@ class _Reused(torch.autograd.Function):
         closed = call.spec.plain_vjp
         assert closed is not None
         carriers, values = tensors[:carried], tensors[carried:]
-        named = dict(zip(closed.reads, values))
+        named = dict(zip(_reads(call), values))
         ctx.call, ctx.carried = call, carried
+        ctx.shapes = [c.shape for c in carriers[:len(call.relevant)]]
         ctx.save_for_backward(*values)
         if "out" in named:
             return named["out"].view_as(named["out"])
@@ -98,10 +99,24 @@ class _Reused(torch.autograd.Function):
         call: RuleCall = ctx.call
         closed = call.spec.plain_vjp
         assert closed is not None
-        grads = closed.vjp(call, dict(zip(closed.reads, ctx.saved_tensors)), grad)
+        grads = closed.vjp(call, dict(zip(_reads(call), ctx.saved_tensors)), grad)
         wanted = ctx.needs_input_grad[2:2 + len(call.relevant)]
+        grads = {k: _sum_to(v, shape) for (k, v), shape in
+                 zip(((k, grads[k]) for k in call.relevant), ctx.shapes)}
         return (None, None, *[grads[k] if w else None for k, w in zip(call.relevant, wanted)],
                 *[None] * (ctx.carried - len(call.relevant) + len(ctx.saved_tensors)))
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    return t if t.shape == shape else t.sum_to_size(shape)
+
+
+def _reads(call: RuleCall) -> tuple[str, ...]:
+    """The forward values a closed-form plain VJP reads that the graph supplies (its output and
+    tensor inputs; constants and numbers come from the call)."""
+    closed = call.spec.plain_vjp
+    assert closed is not None
+    return tuple(k for k in closed.reads if k == "out" or k in call.relevant + call.runtime)
 
 
 def _meta(value: Any) -> Any:
@@ -207,7 +222,7 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
         call = mods[n]
         assert isinstance(call, RuleCall) and call.spec.plain_vjp is not None
         named = dict(zip(call.relevant + call.runtime, n.args))
-        return [n if k == "out" else named[k] for k in call.spec.plain_vjp.reads]
+        return [n if k == "out" else named[k] for k in _reads(call)]
 
     values: dict[fx.Node, fx.Node] = {}  # forward values read from the main graph
     for n in nodes:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lrpfx.rules.abslrp import ABSLRP, AbsLRPFunction, keep_positive, stabilised_ratio
-from lrpfx.rules.base import RuleCall, RuleSpec
+from lrpfx.rules.base import PlainVJP, RuleCall, RuleSpec
 
 
 def _add_masks(sign_other: float):
@@ -38,8 +38,21 @@ def _add_masks(sign_other: float):
 
 def _add_spec(op: str, sign_other: float) -> RuleSpec:
     masks = _add_masks(sign_other)
+
+    def plain_vjp(call: RuleCall, values: dict[str, Tensor], g: Tensor) -> dict[str, Tensor]:
+        # a ± b: g and ±g (summed back to each operand's shape by the replay)
+        return {k: g if k == "input" or sign_other > 0 else -g for k in call.relevant}
+
     return RuleSpec(op, AbsLRPFunction, None, relevance_args=("input", "other"), masks=masks,
-                    diag=lambda call, inputs, out: masks(call, inputs, stabilised_ratio(out)))
+                    diag=lambda call, inputs, out: masks(call, inputs, stabilised_ratio(out)),
+                    plain_vjp=PlainVJP((), plain_vjp))
+
+
+def _mul_plain_vjp(call: RuleCall, values: dict[str, Tensor], g: Tensor) -> dict[str, Tensor]:
+    # a ⊙ b: g ⊙ b and g ⊙ a (a constant or number operand from the call)
+    args = call.arguments(values)
+    other = {"input": "other", "other": "input"}
+    return {k: g * args[other[k]] for k in call.relevant}
 
 
 def _mul_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
@@ -77,6 +90,7 @@ def _div_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[st
 ABSLRP.register(_add_spec("add", 1.0))
 ABSLRP.register(_add_spec("sub", -1.0))
 ABSLRP.register(RuleSpec("mul", AbsLRPFunction, None, diag=_mul_diag,
-                         relevance_args=("input", "other")))
+                         relevance_args=("input", "other"),
+                         plain_vjp=PlainVJP(("input", "other"), _mul_plain_vjp)))
 ABSLRP.register(RuleSpec("div", AbsLRPFunction, None, diag=_div_diag,
                          relevance_args=("input", "other")))
