@@ -30,7 +30,7 @@ The cost is one more forward of each residual branch and one plain backward of i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -222,7 +222,9 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
         call = mods[n]
         assert isinstance(call, RuleCall) and call.spec.plain_vjp is not None
         named = dict(zip(call.relevant + call.runtime, n.args))
-        return [n if k == "out" else named[k] for k in _reads(call)]
+        found = [n if k == "out" else named[k] for k in _reads(call)]
+        assert all(isinstance(a, fx.Node) for a in found)  # _reused checked the arguments
+        return cast(list[fx.Node], found)
 
     values: dict[fx.Node, fx.Node] = {}  # forward values read from the main graph
     for n in nodes:
