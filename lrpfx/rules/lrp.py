@@ -264,16 +264,21 @@ def _alpha_beta(call: RuleCall) -> tuple[float, float, bool]:
     return float(o.get("alpha", 1.0)), float(o.get("beta", 0.0)), bool(o.get("bias", True))
 
 
+def _split_bias(call: RuleCall, bias: bool, ndim: int) -> tuple[Tensor | float, Tensor | float]:
+    """The bias's positive and negative parts, shaped to broadcast against an output of
+    ``ndim`` dimensions (0 where the rule leaves the bias out or there is none)."""
+    b = call.constant("bias")
+    if not bias or b is None:
+        return 0.0, 0.0
+    shape = (1, -1, *[1] * (ndim - 2)) if call.spec.op == "conv" else (-1,)
+    return b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
+
+
 def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float, bias: bool
                  ) -> Tensor:
     tr = _weight_transpose(call)
     wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
-    b = call.constant("bias")
-    shape = (1, -1, *[1] * (r.dim() - 2)) if call.spec.op == "conv" else (-1,)
-    bp: Tensor | float = 0.0
-    bn: Tensor | float = 0.0
-    if bias and b is not None:
-        bp, bn = b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
+    bp, bn = _split_bias(call, bias, r.dim())
     if "input" in call.nonneg:  # x >= 0 from the graph: z⁺ = W⁺x, z⁻ = W⁻x, half the work
         g = alpha * tr(x, _safe_div(r, _weight_forward(call, x, wp) + bp), wp)
         if beta:
@@ -315,12 +320,7 @@ def _ab_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[
     alpha, beta, bias = _alpha_beta(call)
     x = inputs["input"]
     wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
-    b = call.constant("bias")
-    shape = (1, -1, *[1] * (out.dim() - 2)) if call.spec.op == "conv" else (-1,)
-    bp: Tensor | float = 0.0
-    bn: Tensor | float = 0.0
-    if bias and b is not None:
-        bp, bn = b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
+    bp, bn = _split_bias(call, bias, out.dim())
     if "input" in call.nonneg:  # z⁺ = W⁺x, z⁻ = W⁻x
         zp = _weight_forward(call, x, wp) + bp
         zn = (_weight_forward(call, x, wn) + bn) if beta else None

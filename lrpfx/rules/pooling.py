@@ -90,15 +90,20 @@ def _nonneg_linear_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tenso
     return {"input": x, "factor": torch.sign(x).add_(1)}
 
 
+def _op_vjp(call: RuleCall, x: Tensor, s: Tensor) -> Tensor:
+    """``Tᵀs``: the op's own VJP at ``x`` (linear in ``x``, so its value does not matter)."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
+    return t
+
+
 def _nonneg_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
                        ) -> dict[str, Tensor]:
     # ops linear in x with weights >= 0 (average pooling, mean, sum): f(|x|) = T|x|, so
     # VJP_x(h + ha; s) = Tᵀs + sign(x) Tᵀs = (1 + sign x) ⊙ Tᵀs, and 2 Tᵀs for x >= 0 (the 2
     # dropped): one VJP of the op, not one of h + ha
-    x = inputs["input"]
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
+    t = _op_vjp(call, inputs["input"], s)
     if "factor" not in inputs:
         return {"input": t}
     # pooling's backward kernels return a new tensor; sum's and mean's VJP is s expanded
@@ -115,9 +120,7 @@ def _positive_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, o
                          ) -> dict[str, Tensor]:
     # (1 + sign x) ⊙ Tᵀs; for x ≥ 0 known from the graph 2 Tᵀs, the 2 dropped
     x = inputs["input"]
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        (t,) = torch.autograd.grad(call.op(**call.arguments({"input": leaf})), leaf, s)
+    t = _op_vjp(call, x, s)
     if "input" in call.nonneg:
         return {"input": t}
     return {"input": t.mul_(torch.sign(x).add_(1))}
