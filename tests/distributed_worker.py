@@ -40,4 +40,7 @@ if __name__ == "__main__":
     result = run_all()
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[1])
+    # both ranks leave together: a rank that tears gloo down while the other still talks to it
+    # can abort ("terminate called without an active exception", seen once under load)
+    dist.barrier()
     dist.destroy_process_group()
