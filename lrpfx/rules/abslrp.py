@@ -110,6 +110,7 @@ def _backward(ctx, saved: tuple[Tensor, ...], grad: Tensor) -> tuple:  # noqa: A
         grads.append(v)
     return (None, *grads, *[None] * len(call.runtime), *seeds)
 
+
 def _run(call: RuleCall, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
     """The op's output, and what its kernel found on the way that ``prepare`` reads (max
     pooling's winners)."""
