@@ -12,27 +12,22 @@ block's activations). The maps are the same numbers.
 
 from __future__ import annotations
 
-import operator
-
 from torch import fx
 
+from lrpfx.core.spellings import PASSTHROUGH_NAMES, base_name
 from lrpfx.rules.abslrp import AbsLRPFunction
 from lrpfx.rules.base import RuleCall
 
-_VIEWS = frozenset({"reshape", "view", "permute", "transpose", "t", "unbind", "split",
-                    "split_with_sizes", "chunk", "select", "slice", "unsqueeze", "squeeze",
-                    "flatten", "unflatten", "expand", "movedim", "narrow", "alias"})
-"""Data movement whose result shares its input's memory (``reshape`` where it can)."""
+_VIEWS = frozenset({"view", "reshape", "_unsafe_view", "permute", "transpose", "t", "unbind",
+                    "split", "split_with_sizes", "chunk", "getitem", "select", "slice", "narrow",
+                    "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "movedim", "alias"})
+"""The pass-through ops (:data:`lrpfx.core.spellings.PASSTHROUGH_NAMES`) whose result shares
+its input's memory (``reshape`` where it can)."""
+assert _VIEWS <= PASSTHROUGH_NAMES
 
 
-def _is_view(node: fx.Node) -> bool:
-    if node.op not in ("call_function", "call_method"):
-        return False
-    if node.target is operator.getitem:
-        return True
-    name = node.target if isinstance(node.target, str) else \
-        getattr(node.target, "__name__", str(node.target))
-    return name.split(".")[0] in _VIEWS
+def _is_view(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return node.op in ("call_function", "call_method") and base_name(node, gm) in _VIEWS
 
 
 def _keeps_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -52,7 +47,7 @@ def _kept_by_reader(gm: fx.GraphModule, node: fx.Node) -> bool:
         seen.add(user)
         if _keeps_inputs(gm, user):
             return True
-        if _is_view(user):
+        if _is_view(gm, user):
             stack.extend(user.users)
     return False
 

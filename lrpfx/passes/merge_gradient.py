@@ -223,7 +223,7 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
         assert isinstance(call, RuleCall) and call.spec.plain_vjp is not None
         named = dict(zip(call.relevant + call.runtime, n.args))
         found = [n if k == "out" else named[k] for k in _reads(call)]
-        assert all(isinstance(a, fx.Node) for a in found)  # _reused checked the arguments
+        assert all(isinstance(a, fx.Node) for a in found)  # relevant and runtime inputs are
         return cast(list[fx.Node], found)
 
     values: dict[fx.Node, fx.Node] = {}  # forward values read from the main graph
@@ -235,11 +235,13 @@ def _plain_branch(gm: fx.GraphModule, skip: fx.Node, nodes: list[fx.Node]
                 env[a] = graph.placeholder(f"other_{len(outside)}")
                 outside.append(a)
         for a in values_of(n) if n in reused else ():
-            if a not in values:
-                values[a] = env[a] if a in env and a not in members else \
-                    graph.placeholder(f"other_{len(outside)}")
-                if values[a] is not env.get(a):
-                    outside.append(a)
+            if a in values:
+                continue
+            if a in env and a not in members:  # an outside input already
+                values[a] = env[a]
+            else:
+                values[a] = graph.placeholder(f"other_{len(outside)}")
+                outside.append(a)
     root: dict[str, Any] = {}
     for n in nodes:
         if n in replays:
@@ -277,8 +279,7 @@ def _reused(nodes: list[fx.Node], mods: dict[fx.Node, nn.Module], replays: set[f
             continue
         mod = mods.get(n)
         closed = mod.spec.plain_vjp if isinstance(mod, RuleCall) else None
-        if closed is not None and all(isinstance(a, fx.Node) for a in _nodes_in(n.args)) \
-                and (n not in read or "out" in closed.reads):
+        if closed is not None and (n not in read or "out" in closed.reads):
             reused.add(n)
         elif mod is None and n not in read:
             continue
