@@ -364,3 +364,22 @@ def test_inner_relevance_after_a_dtype_conversion():
     after = e.explain(x.double(), at=["1"])
     assert after["1"].dtype == D
     torch.testing.assert_close(after["1"], before["1"].double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["alphabeta", "alpha2beta1", "zplus"])
+def test_alphabeta_on_a_transposed_convolution_equals_its_convolution(rule):
+    """A stride-1 transposed convolution is the convolution with the kernel flipped and its
+    channel axes swapped: the αβ rules split its contributions the same way, so both nets give
+    one map (this once raised AttributeError: no W⁺ was derived for transposed convolutions)."""
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(3, 4, 3, padding=1).double()
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(deconv.weight.transpose(0, 1).flip(-1, -2))
+        conv.bias.copy_(deconv.bias)
+    head = nn.Linear(4 * 8 * 8, 5).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double)
+    maps = [lrpfx.compile(nn.Sequential(layer, nn.ReLU(), nn.Flatten(), head).eval(),
+                          rule=rule).explain(x, contrastive=False) for layer in (deconv, conv)]
+    assert maps[0].abs().sum() > 0
+    torch.testing.assert_close(maps[0], maps[1], rtol=1e-9, atol=1e-12)

@@ -270,28 +270,8 @@ def _split_bias(call: RuleCall, bias: bool, ndim: int) -> tuple[Tensor | float, 
     b = call.constant("bias")
     if not bias or b is None:
         return 0.0, 0.0
-    shape = (1, -1, *[1] * (ndim - 2)) if call.spec.op == "conv" else (-1,)
+    shape = (1, -1, *[1] * (ndim - 2)) if call.spec.op in ("conv", "conv_transpose") else (-1,)
     return b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
-
-
-def _ab_weighted(call: RuleCall, x: Tensor, r: Tensor, alpha: float, beta: float, bias: bool
-                 ) -> Tensor:
-    tr = _weight_transpose(call)
-    wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
-    bp, bn = _split_bias(call, bias, r.dim())
-    if "input" in call.nonneg:  # x >= 0 from the graph: z⁺ = W⁺x, z⁻ = W⁻x, half the work
-        g = alpha * tr(x, _safe_div(r, _weight_forward(call, x, wp) + bp), wp)
-        if beta:
-            g = g - beta * tr(x, _safe_div(r, _weight_forward(call, x, wn) + bn), wn)
-        return g
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    pos, neg = (x > 0).to(x.dtype), (x < 0).to(x.dtype)
-    sp = _safe_div(r, _weight_forward(call, xp, wp) + _weight_forward(call, xn, wn) + bp)
-    g = alpha * (pos * tr(x, sp, wp) + neg * tr(x, sp, wn))
-    if beta:
-        sn = _safe_div(r, _weight_forward(call, xp, wn) + _weight_forward(call, xn, wp) + bn)
-        g = g - beta * (pos * tr(x, sn, wn) + neg * tr(x, sn, wp))
-    return g
 
 
 def _ab_contributions(contrib: dict[str, Tensor], per_unit: Mapping[str, Tensor | float],
@@ -380,9 +360,7 @@ def _ab_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor | 
     alpha, beta, bias = _alpha_beta(call)
     r = out * g
     kind = ops.OP_KIND[call.spec.op]
-    if kind == "affine" and call.spec.op != "batch_norm":
-        return {"input": _ab_weighted(call, inputs["input"], r, alpha, beta, bias)}
-    if kind in ("affine", "norm"):
+    if kind in ("affine", "norm"):  # batch norm; weighted ops are prepared (_ab_prepare)
         x = inputs["input"]
         a = _diag_scale(call, x)
         c = x * a
@@ -412,12 +390,13 @@ def _ab_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor | 
 
 
 def _ab_derive(call: RuleCall) -> dict[str, Tensor]:
-    if call.spec.op not in ("conv", "linear"):
+    if call.spec.op not in ("conv", "conv_transpose", "linear"):
         return {}
     w = _weight(call)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     derived = {"pos_weight": wp, "neg_weight": wn}
-    if "input" not in call.nonneg and (call.spec.op == "linear" or call.static["groups"] == 1):
+    if "input" not in call.nonneg and (call.spec.op == "linear" or (
+            call.spec.op == "conv" and call.static["groups"] == 1)):
         # an input of either sign: T_{W⁺} and T_{W⁻} of one signal as one transposed op
         derived["pn_weight"] = torch.cat([wp, wn], dim=1)
         if _alpha_beta(call)[1]:
