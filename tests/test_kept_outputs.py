@@ -67,3 +67,35 @@ def test_recomputing_a_products_factor_gives_the_same_maps(case_id, monkeypatch)
     never = run(float("inf"))
     assert recomputed and not any(recomputed)
     torch.testing.assert_close(always, never, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("case_id", "ops"), [
+    ("timm/deit_tiny_patch16_224", {"layer_norm", "add"}),  # pre-norm: x feeds a norm and an add
+    ("hf/bert", {"add"}),  # post-norm: the add's other reader, a projection, keeps x
+])
+def test_keeping_shared_inputs_gives_the_same_maps(case_id, ops, monkeypatch):
+    """Element-wise rules keep a normalised input itself, not ``|x ⊙ F|``, where another reader
+    keeps it or several rules read it (``keep_inputs``): the residual stream's layer norms and
+    adds in a transformer. The maps agree to rounding (the per-pass sum is taken in another
+    order; compared on the positive maps: on random-init transformers the contrastive map is
+    the small difference of two nearly equal ones, which magnifies rounding)."""
+    from tests import coverage_models as cm
+
+    case = next(c for c in cm.all_cases() if c.id == case_id)
+    model = cm.build(case).double()
+    inputs = case.inputs()
+    x = inputs.pop("x", None)
+
+    def run():
+        ex = lrpfx.compile(model)
+        got = ex.explain(x.double(), contrastive=False) if x is not None \
+            else ex.explain(**inputs, contrastive=False)
+        marked = {c.spec.op for c in ex.modules() if isinstance(c, RuleCall) and c.keep_input}
+        return got, marked
+
+    shared, marked = run()
+    assert marked == ops
+    monkeypatch.setattr(graph_cache, "keep_inputs", lambda gm: [])
+    weighted, unmarked = run()
+    assert not unmarked
+    torch.testing.assert_close(shared, weighted, rtol=1e-10, atol=1e-12)

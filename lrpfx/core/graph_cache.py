@@ -21,7 +21,7 @@ from lrpfx.passes.canonicalize import canonicalize
 from lrpfx.passes.decompose import decompose
 from lrpfx.passes.fold_batchnorm import fold_batch_norm
 from lrpfx.passes.fuse import fuse_chains
-from lrpfx.passes.kept_outputs import keep_outputs
+from lrpfx.passes.kept_outputs import keep_inputs, keep_outputs
 from lrpfx.passes.merge_gradient import total_derivative_at_merges
 from lrpfx.passes.rewrite import rewrite
 from lrpfx.rules.base import RuleSet
@@ -186,6 +186,7 @@ class GraphCache(nn.Module):
             report.total_derivative_merges = total_derivative_at_merges(
                 gm, "attention" if merges == "attention" else "all")
         keep_outputs(gm)
+        keep_inputs(gm)
         gm = fuse_chains(gm)
         shared = {id(t) for t in self._shared.all()}  # converted already
         for fn in self._conversions:

@@ -147,11 +147,13 @@ def _prepare(ctx, call: RuleCall, inputs: tuple[Tensor, ...], out: Tensor,  # no
         # backward): the same memory, one dot product per pass instead of three passes. Not for
         # x ≥ 0: its sum is the dot product x · |G ⊙ F| already, and x itself is usually kept
         # anyway (a residual stream, also normalised by its other reader), so |x ⊙ F| would be
-        # a new tensor and a forward pass for nothing
+        # a new tensor and a forward pass for nothing. Nor where x is kept anyway
+        # (call.keep_input: another reader keeps it, or several rules would each keep a |x ⊙ F|)
         weights, weighted = [], []
         for k, x in zip([k for k in call.relevant if k in call.normalize], kept):
             f = factors[k]
-            ok = f.shape == x.shape == out.shape and x.dim() >= 2 and k not in call.nonneg
+            ok = f.shape == x.shape == out.shape and x.dim() >= 2 and k not in call.nonneg \
+                and k not in call.keep_input
             weights.append((x * f).abs_() if ok else x)
             weighted.append(ok)
         ctx.weighted = tuple(weighted)

@@ -224,6 +224,9 @@ class RuleCall(nn.Module):
         # the forward keeps the output, not the ratio y/(|y|+ε) (a reader keeps the output
         # anyway; see lrpfx.passes.kept_outputs)
         self.keep_output = False
+        # normalised inputs an element-wise rule keeps as they are, not as |x ⊙ F|: another
+        # reader keeps them anyway, or several such rules share them (lrpfx.passes.kept_outputs)
+        self.keep_input: frozenset[str] = frozenset()
         self.spec = spec
         self.op = op
         self.relevant = relevant
