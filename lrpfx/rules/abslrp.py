@@ -208,12 +208,13 @@ class _Replayed:
         self.saved_tensors = tensors  # type: ignore[assignment]
 
 
-RECOMPUTE_ABOVE = 2.0
+RECOMPUTE_ABOVE = 1.0
 """A product of two activations (alone or heading a fused chain) recomputes its ratio or its
 chain's factor in each backward pass, from its operands (which it keeps anyway), instead of
 keeping it, where that has more than this many times the elements of the operands: attention
-scores over long sequences, L × L per head from L × d. It costs the product once more per pass
-(ViT-B at 224 px, L / 2d = 1.5, keeps its factors)."""
+scores, L × L per head from L × d, once L exceeds twice the head width. It costs the product and
+the factor once more per pass. ViT-B at 224 px (L / 2d = 1.5): 85 MiB less at batch 4 for
+about 1-2 % more time (``bench/speed.py``; 2.0 kept them)."""
 
 
 def _recomputes(head: RuleCall, inputs: tuple[Tensor, ...], out: Tensor) -> bool:

@@ -103,6 +103,12 @@ _DERIVATIVES = {
 _EVEN_DERIVATIVE = frozenset({"sigmoid", "tanh", "hardsigmoid"})
 
 
+# f(x) − f(−x) = x (x times a sigmoid-like gate g with g(t) + g(−t) = 1), so f'(x) + f'(−x) = 1
+# and f'(x) + sign(x) f'(|x|) = (4 f'(x) − 1 + sign(x)) / 2: 2 f'(x) for x > 0, 2 f'(x) − 1 for
+# x < 0, f'(0) = 1/2 at 0. One derivative instead of two, no |x|.
+_ODD_COMPLEMENT = frozenset({"gelu", "silu", "hardswish"})
+
+
 def _derivatives(call: RuleCall, *points: Tensor) -> list[Tensor]:
     """``f'`` at each of ``points``: in closed form where PyTorch has the kernel, else by one
     local autograd call on the stacked points."""
@@ -125,6 +131,9 @@ def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     if call.spec.op in _EVEN_DERIVATIVE:
         (d,) = _derivatives(call, x)
         factor = keep_positive(d, x, inplace=True)
+    elif call.spec.op in _ODD_COMPLEMENT:  # the constant 2 dropped, as for ReLU
+        (d,) = _derivatives(call, x)
+        factor = torch.sign(x).add_(d, alpha=4.0).sub_(1.0)
     else:
         d0, d1 = _derivatives(call, x, x.abs())
         factor = d0.addcmul_(torch.sign(x), d1)
