@@ -77,43 +77,43 @@ def keep_outputs(gm: fx.GraphModule) -> list[str]:
     return marked
 
 
-def _normalised_inputs(gm: fx.GraphModule, reader: fx.Node, node: fx.Node
-                       ) -> tuple[RuleCall | None, list[str]]:
-    """The absLRP rule of ``reader`` and the names of its normalised inputs that are ``node``."""
+def _inputs_named(gm: fx.GraphModule, reader: fx.Node, node: fx.Node
+                  ) -> tuple[RuleCall | None, list[str]]:
+    """The absLRP rule of ``reader`` and the names of its relevant inputs that are ``node``."""
     if reader.op != "call_module":
         return None, []
     call = gm.get_submodule(str(reader.target))
     if not isinstance(call, RuleCall) or call.spec.function is not AbsLRPFunction:
         return None, []
-    names = [k for k, a in zip(call.relevant, reader.args) if a is node and k in call.normalize]
-    return call, names
+    return call, [k for k, a in zip(call.relevant, reader.args) if a is node]
 
 
 def keep_inputs(gm: fx.GraphModule) -> list[str]:
     """Mark (``RuleCall.keep_input``) the element-wise rules' normalised inputs to keep as they
-    are rather than as ``|x ⊙ F|`` (see the module docstring); returns the marked nodes'
-    names."""
+    are rather than as ``|x ⊙ F|`` (see the module docstring); returns the names of the nodes
+    whose readers were marked."""
     marked = []
     for node in gm.graph.nodes:
-        weighed: list[tuple[RuleCall, list[str]]] = []  # rules that would keep |x ⊙ F|
+        weighted: list[tuple[RuleCall, list[str]]] = []  # rules that would keep |x ⊙ F|
         kept = False  # a reader keeps x itself
         for reader in node.users:
             if reader.op == "call_module" \
                     and isinstance(gm.get_submodule(str(reader.target)), MergeCollector):
                 kept = True
                 continue
-            call, names = _normalised_inputs(gm, reader, node)
-            if call is None:
+            call, names = _inputs_named(gm, reader, node)
+            if call is None or not names:
                 continue
-            if call.spec.diag is None:  # products and weighted layers keep what they normalise
-                kept = kept or bool(names) or _keeps_inputs(gm, reader)
+            normalised = [k for k in names if k in call.normalize]
+            if call.spec.diag is None:  # products keep their operands, all rules what they
+                kept = kept or bool(normalised) or _keeps_inputs(gm, reader)  # normalise
                 continue
-            weighed_names = [k for k in names if k not in call.nonneg]
-            kept = kept or len(weighed_names) < len(names)  # x ≥ 0 is kept as it is
-            if weighed_names:
-                weighed.append((call, weighed_names))
-        if weighed and (kept or sum(len(n) for _, n in weighed) > 1):
-            for call, names in weighed:
+            signed = [k for k in normalised if k not in call.nonneg]
+            kept = kept or len(signed) < len(normalised)  # x ≥ 0 is kept as it is
+            if signed:
+                weighted.append((call, signed))
+        if weighted and (kept or sum(len(n) for _, n in weighted) > 1):
+            for call, names in weighted:
                 call.keep_input = call.keep_input | frozenset(names)
             marked.append(node.name)
     return marked
