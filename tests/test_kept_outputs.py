@@ -12,8 +12,9 @@ from lrpfx.core import graph_cache
 from lrpfx.rules.base import RuleCall
 
 
-@pytest.mark.parametrize("case_id", ["timm/deit_tiny_patch16_224", "hf/bert"])
-def test_keeping_the_output_gives_the_same_maps(case_id, monkeypatch):
+def _explainer_run(case_id: str, contrastive: bool = True):
+    """A float64 coverage model and a function compiling and explaining it afresh (under
+    whatever the test patched), returning the map and the explainer."""
     from tests import coverage_models as cm
 
     case = next(c for c in cm.all_cases() if c.id == case_id)
@@ -23,9 +24,20 @@ def test_keeping_the_output_gives_the_same_maps(case_id, monkeypatch):
 
     def run():
         ex = lrpfx.compile(model)
-        got = ex.explain(x.double()) if x is not None else ex.explain(**inputs)
-        marked = [c for c in ex.modules() if isinstance(c, RuleCall) and c.keep_output]
-        return got, marked
+        got = ex.explain(x.double(), contrastive=contrastive) if x is not None \
+            else ex.explain(**inputs, contrastive=contrastive)
+        return got, ex
+
+    return run
+
+
+@pytest.mark.parametrize("case_id", ["timm/deit_tiny_patch16_224", "hf/bert"])
+def test_keeping_the_output_gives_the_same_maps(case_id, monkeypatch):
+    explain = _explainer_run(case_id)
+
+    def run():
+        got, ex = explain()
+        return got, [c for c in ex.modules() if isinstance(c, RuleCall) and c.keep_output]
 
     kept, marked = run()
     assert marked and all(c.spec.op == "linear" for c in marked)
@@ -41,12 +53,8 @@ def test_recomputing_a_products_factor_gives_the_same_maps(case_id, monkeypatch)
     softmax) recompute their ratio or factor per backward pass where it outweighs their
     operands (``RECOMPUTE_ABOVE``): the same maps, bit for bit, as keeping it."""
     from lrpfx.rules import abslrp
-    from tests import coverage_models as cm
 
-    case = next(c for c in cm.all_cases() if c.id == case_id)
-    model = cm.build(case).double()
-    inputs = case.inputs()
-    x = inputs.pop("x", None)
+    explain = _explainer_run(case_id)
     recomputed = []
     original = abslrp._recomputes
 
@@ -58,8 +66,7 @@ def test_recomputing_a_products_factor_gives_the_same_maps(case_id, monkeypatch)
     def run(threshold):
         monkeypatch.setattr(abslrp, "RECOMPUTE_ABOVE", threshold)
         recomputed.clear()
-        ex = lrpfx.compile(model)
-        return ex.explain(x.double()) if x is not None else ex.explain(**inputs)
+        return explain()[0]
 
     monkeypatch.setattr(abslrp, "_recomputes", spy)
     always = run(0.0)
@@ -79,19 +86,11 @@ def test_keeping_shared_inputs_gives_the_same_maps(case_id, ops, monkeypatch):
     adds in a transformer. The maps agree to rounding (the per-pass sum is taken in another
     order; compared on the positive maps: on random-init transformers the contrastive map is
     the small difference of two nearly equal ones, which magnifies rounding)."""
-    from tests import coverage_models as cm
-
-    case = next(c for c in cm.all_cases() if c.id == case_id)
-    model = cm.build(case).double()
-    inputs = case.inputs()
-    x = inputs.pop("x", None)
+    explain = _explainer_run(case_id, contrastive=False)
 
     def run():
-        ex = lrpfx.compile(model)
-        got = ex.explain(x.double(), contrastive=False) if x is not None \
-            else ex.explain(**inputs, contrastive=False)
-        marked = {c.spec.op for c in ex.modules() if isinstance(c, RuleCall) and c.keep_input}
-        return got, marked
+        got, ex = explain()
+        return got, {c.spec.op for c in ex.modules() if isinstance(c, RuleCall) and c.keep_input}
 
     shared, marked = run()
     assert marked == ops
