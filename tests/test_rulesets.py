@@ -383,3 +383,63 @@ def test_alphabeta_on_a_transposed_convolution_equals_its_convolution(rule):
                           rule=rule).explain(x, contrastive=False) for layer in (deconv, conv)]
     assert maps[0].abs().sum() > 0
     torch.testing.assert_close(maps[0], maps[1], rtol=1e-9, atol=1e-12)
+
+
+class _Merge(nn.Module):
+    """``x[:, :3] ± x[:, 3:]``: a residual-style add or sub of two activations."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__()
+        self.sign = sign
+
+    def forward(self, x):
+        return x[:, :3] + x[:, 3:] if self.sign > 0 else x[:, :3] - x[:, 3:]
+
+
+def _elementwise_ab_oracle(contrib: torch.Tensor, rest: torch.Tensor, r_out: torch.Tensor,
+                           alpha: float, beta: float) -> torch.Tensor:
+    """R_k = α c_k⁺ / z⁺ R − β c_k⁻ / z⁻ R per output element, contributions ``contrib[k]``
+    (stacked on dim 0) and the bias-like rest, ``z^± = Σ_k c_k^± + rest^±``."""
+    zp = contrib.clamp(min=0).sum(0) + rest.clamp(min=0)
+    zn = contrib.clamp(max=0).sum(0) + rest.clamp(max=0)
+    sp = torch.where(zp != 0, r_out / torch.where(zp != 0, zp, 1.0), 0.0)
+    sn = torch.where(zn != 0, r_out / torch.where(zn != 0, zn, 1.0), 0.0)
+    return alpha * contrib.clamp(min=0) * sp - beta * contrib.clamp(max=0) * sn
+
+
+@pytest.mark.filterwarnings("ignore:the relevance map of examples")  # α1β0: a negative logit
+@settings(max_examples=20, deadline=None)
+@given(op=st.sampled_from(["add", "sub", "layer_norm"]),
+       rule=st.sampled_from(["alphabeta", "alpha2beta1", "zplus"]), seed=st.integers(0, 2**16))
+def test_alphabeta_oracle_on_elementwise_ops(op, rule, seed):
+    """αβ / z⁺ where each output element has its own contributions (residual adds, layer norm
+    as ``y = a x + c`` with its statistics held constant): against the formula."""
+    torch.manual_seed(seed)
+    x = torch.randn(3, 6, dtype=D)
+    if op == "layer_norm":
+        model = nn.LayerNorm(6).to(D)
+        with torch.no_grad():
+            model.weight.normal_()
+            model.bias.normal_()
+    else:
+        model = _Merge(1.0 if op == "add" else -1.0)
+    model = model.eval()
+    out = model(x).detach()
+    target = int(torch.randint(out.shape[1], ()))
+    r_out = torch.zeros_like(out)
+    r_out[:, target] = out[:, target]
+    alpha, beta = (2.0, 1.0) if rule == "alpha2beta1" else (1.0, 0.0)
+    if op == "layer_norm":
+        var = x.var(1, unbiased=False, keepdim=True)
+        a = model.weight / torch.sqrt(var + model.eps)  # y = a x + (β − a μ), μ and σ constant
+        c = x * a
+        rest = out - c if rule != "zplus" else torch.zeros_like(out)
+        expected = _elementwise_ab_oracle(c[None], rest, r_out, alpha, beta)[0]
+    else:
+        contrib = torch.stack([x[:, :3], x[:, 3:] * (1.0 if op == "add" else -1.0)])
+        per_input = _elementwise_ab_oracle(contrib, torch.zeros_like(out), r_out, alpha, beta)
+        expected = torch.cat([per_input[0], per_input[1]], dim=1)
+    name, options = ("alphabeta", {"alpha": 2.0, "beta": 1.0}) if rule == "alpha2beta1" \
+        else (rule, {})
+    got = _raw(model, x, name, target=target, **options)
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
