@@ -1,3 +1,5 @@
-"""Data and models that ship with lrpfx: scikit-learn's digits as a small benchmark
-(:mod:`~lrpfx.data.digits`) and the trained digits model zoo (:mod:`~lrpfx.data.zoo`).
+"""Data and models that ship with lrpfx or load safely: scikit-learn's digits as a small
+benchmark (:mod:`~lrpfx.data.digits`), the trained digits model zoo (:mod:`~lrpfx.data.zoo`),
+pretrained models from ``timm:``/``torchvision:``/a file with their preprocessing
+(:mod:`~lrpfx.data.models`) and real photos for demos and checks (:mod:`~lrpfx.data.photos`).
 """
