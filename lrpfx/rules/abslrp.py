@@ -214,7 +214,7 @@ chain's factor in each backward pass, from its operands (which it keeps anyway),
 keeping it, where that has more than this many times the elements of the operands: attention
 scores, L × L per head from L × d, once L exceeds twice the head width. It costs the product and
 the factor once more per pass. ViT-B at 224 px (L / 2d = 1.5): 85 MiB less at batch 4 for
-about 1-2 % more time (``bench/speed.py``; 2.0 kept them)."""
+under 1 % more time (one process, 2.0 and 1.0 alternating; 2.0 kept them)."""
 
 
 def _recomputes(head: RuleCall, inputs: tuple[Tensor, ...], out: Tensor) -> bool:

@@ -131,7 +131,8 @@ def _activation_diag(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
     if call.spec.op in _EVEN_DERIVATIVE:
         (d,) = _derivatives(call, x)
         factor = keep_positive(d, x, inplace=True)
-    elif call.spec.op in _ODD_COMPLEMENT:  # the constant 2 dropped, as for ReLU
+    elif call.spec.op in _ODD_COMPLEMENT:  # twice the formula: a positive constant, which the
+        # per-example normalisation removes (as ReLU's 2)
         (d,) = _derivatives(call, x)
         factor = torch.sign(x).add_(d, alpha=4.0).sub_(1.0)
     else:
