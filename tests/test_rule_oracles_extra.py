@@ -272,6 +272,45 @@ def test_group_norm(groups, per_group, spatial, affine, eps, functional, relu, b
     assert "group_norm" in _canonical(e)
 
 
+# ----------------------------------------------------------------- activations on signed inputs
+
+
+class _Activation(nn.Module):
+    """A parameter-free activation the oracle applies as ``f(x)`` and ``f(|x|)``."""
+
+    oracle_compute = True
+
+    def __init__(self, fn) -> None:  # noqa: ANN001
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+OTHER_ACTIVATIONS = {
+    "leaky_relu": lambda t: F.leaky_relu(t, 0.2), "elu": F.elu, "softplus": F.softplus,
+    "mish": F.mish, "relu6": F.relu6, "hardtanh": lambda t: F.hardtanh(t, -1.0, 1.5),
+}
+"""Activations outside ``test_rule_oracles.ACTIVATIONS``' closed forms: the generic factor
+``f'(x) + sign(x) f'(|x|)`` and ReLU6's mask, which only a signed input tells apart from a
+constant (normalised away)."""
+
+
+@pytest.mark.parametrize("act", sorted(OTHER_ACTIVATIONS))
+@_settings(4)
+@given(k=st.integers(3, 6), frontend=frontends, seed=seeds)
+def test_activation_on_signed_input(act, k, frontend, seed):
+    """linear → f → linear head against the oracle (``ha = f(|x|)``)."""
+    g = torch.Generator().manual_seed(seed)
+    model = _randomize(nn.Sequential(nn.Linear(4, k), _Activation(OTHER_ACTIVATIONS[act]),
+                                     nn.Linear(k, 3)), g, scale=1.5)
+    x, target = _inputs(g, (3, 4), 3)
+    expected = oracle.sequential_relevance(model, 2 * x, target)
+    got, _ = _explain(model, 2 * x, target, frontend)
+    _assert_close(got, expected)
+
+
 # ----------------------------------------------------------------------------- div by a tensor
 
 
@@ -312,6 +351,25 @@ class Quotient(nn.Module):
        batch=st.integers(1, 3), classes=st.integers(1, 4), frontend=frontends, seed=seeds)
 def test_div_by_tensor(kind, d, k, broadcast, relu, batch, classes, frontend, seed):
     """y = a / b, ha = |a| / |b|: R_a = 2 (a/b)⁺ s, R_b = −2 (a/b)⁺ s."""
+    _check_div(kind, d, k, broadcast, relu, batch, classes, frontend, seed)
+
+
+@pytest.mark.parametrize("kind", ["param", "both", "divisor"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_div_by_tensor_fixed_cases_carry_relevance(kind, relu):
+    """Fixed cases of :func:`test_div_by_tensor` with several features per operand and maps
+    that are not all zero: many drawn cases have one feature or a map the rule legitimately
+    zeroes (the oracle's is zero too), where a broken div factor went unnoticed."""
+    carrying = 0
+    for seed in range(6):
+        got = _check_div(kind, 3, 4, False, relu, 3, 3, "symbolic_trace", seed)
+        carrying += int((got.abs().sum(1) > 0).sum())
+    assert carrying >= 6
+
+
+def _check_div(kind: str, d: int, k: int, broadcast: bool, relu: bool, batch: int,
+               classes: int, frontend: str, seed: int) -> Tensor:
+    """One ``a / b`` case against the oracle; returns lrpfx's map."""
     g = torch.Generator().manual_seed(seed)
     model = _randomize(Quotient(d, k, classes, kind, broadcast, relu), g, scale=1.0)
     x, target = _inputs(g, (batch, d), classes)
@@ -337,6 +395,7 @@ def test_div_by_tensor(kind, d, k, broadcast, relu, batch, classes, frontend, se
     got, e = _explain(model, x, target, frontend)
     _assert_close(got, oracle.unit_l1(r_x))
     assert "div" in _canonical(e)
+    return got
 
 
 class ScaleBySize(nn.Module):

@@ -443,3 +443,198 @@ def test_alphabeta_oracle_on_elementwise_ops(op, rule, seed):
         else (rule, {})
     got = _raw(model, x, name, target=target, **options)
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------- z-rules and αβ on the other op kinds (oracles)
+
+
+def _den(out: torch.Tensor, eps: float) -> torch.Tensor:
+    """``y + ε sign y`` (``sign 0 = 1``); ``y`` itself for LRP-0."""
+    return out + eps * torch.where(out >= 0, 1.0, -1.0).to(D) if eps else out
+
+
+def _over(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a / b``, 0 where ``b = 0``."""
+    return torch.where(b != 0, a / torch.where(b != 0, b, 1.0), 0.0)
+
+
+def _head_relevance(head: nn.Linear, feats: torch.Tensor, target: int, rule: str, eps: float,
+                    alpha: float, beta: float) -> torch.Tensor:
+    """Relevance at the input of the dense ``head`` from its one-hot logit, by :func:`_oracle`."""
+    out = head(feats).detach()
+    r = torch.zeros_like(out)
+    r[:, target] = out[:, target]
+    z, b, f, w = _contributions(head, feats)
+    return _oracle(rule, z, b, f, w, r, eps=eps, alpha=alpha, beta=beta)
+
+
+def _linear_map(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The matrix ``L`` (outputs × inputs, flattened) of a linear op, column by column."""
+    n_in = x[0].numel()
+    eye = torch.eye(n_in, dtype=D).reshape(n_in, *x.shape[1:])
+    return body(eye).detach().reshape(n_in, -1).T
+
+
+class _Fn(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.p = nn.Parameter(torch.randn(6, dtype=D))  # the constant operand of "scale"
+
+    def forward(self, x):
+        if self.name == "mean":
+            return x.mean(-1)
+        if self.name == "sum":
+            return x.sum(-1)
+        if self.name == "scale":
+            return x * self.p
+        if self.name == "mul":
+            return x[:, :3] * x[:, 3:]
+        if self.name == "matmul":
+            return x[:, :6].reshape(-1, 2, 3) @ x[:, 6:].reshape(-1, 3, 2)
+        if self.name == "normalize":
+            return F.normalize(x, dim=1)
+        if self.name == "softmax":
+            return torch.softmax(x, -1)
+        raise ValueError(self.name)
+
+
+def _randomised(m: nn.Module) -> nn.Module:
+    """Affine parameters and batch-norm statistics drawn at random (not 1 and 0)."""
+    with torch.no_grad():
+        for name, p in [*m.named_parameters(), *m.named_buffers()]:
+            if name == "running_var":
+                p.uniform_(0.5, 2.0)
+            elif p.is_floating_point():
+                p.normal_()
+    return m
+
+
+def _body(op: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The op under test and its input's shape (batch of 3)."""
+    return {
+        "add": (_Merge(1.0), (3, 6)), "sub": (_Merge(-1.0), (3, 6)),
+        "layer_norm": (_randomised(nn.LayerNorm(6)), (3, 6)),
+        "rms_norm": (_randomised(nn.RMSNorm(6, eps=1e-5)), (3, 6)),
+        "group_norm": (_randomised(nn.GroupNorm(2, 4)), (3, 4, 3)),
+        "batch_norm": (_randomised(nn.BatchNorm1d(6)), (3, 6)),
+        "avg_pool": (nn.AvgPool2d(2), (3, 2, 4, 4)),
+        "max_pool": (nn.MaxPool2d(2), (3, 2, 4, 4)),
+        "gelu": (nn.GELU(), (3, 6)), "dropout": (nn.Dropout(0.3), (3, 6)),
+        "matmul": (_Fn("matmul"), (3, 12)),
+    }.get(op) or (_Fn(op), (3, 4, 3) if op in ("mean", "sum") else (3, 6))
+
+
+def _diag_factor(op: str, body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``a`` of ``y = a ⊙ x + c``, the statistics held constant."""
+    if op == "layer_norm":
+        return body.weight / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + body.eps)
+    if op == "rms_norm":
+        return body.weight / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + body.eps)
+    if op == "group_norm":
+        g = x.reshape(x.shape[0], 2, -1)
+        inv = 1 / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + body.eps)
+        return inv.expand_as(g).reshape(x.shape) * body.weight[:, None]
+    if op == "batch_norm":
+        return body.weight / torch.sqrt(body.running_var + body.eps)
+    if op == "normalize":
+        return 1 / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    raise ValueError(op)
+
+
+def _z_rule_oracle(op: str, body: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   r_y: torch.Tensor, eps: float) -> torch.Tensor:
+    """``R_x`` of one op under LRP-0 / LRP-ε, from the formulas of :mod:`lrpfx.rules.lrp`."""
+    q = _over(r_y, _den(y, eps))  # R_y / (y + ε sign y)
+    if op in ("add", "sub"):  # z-rule, contributions a and ±b
+        return torch.cat([x[:, :3] * q, x[:, 3:] * q * (1.0 if op == "add" else -1.0)], 1)
+    if op in ("layer_norm", "rms_norm", "group_norm", "batch_norm", "normalize"):
+        return _diag_factor(op, body, x) * x * q  # z = a x, the denominator y
+    if op in ("avg_pool", "mean", "sum", "scale"):  # z_ij = L_ji x_i
+        z = x.flatten(1)[:, None, :] * _linear_map(body, x)[None]
+        return (z * q.flatten(1)[..., None]).sum(1).reshape(x.shape)
+    if op == "mul":  # the uniform rule: each operand half of the z-rule relevance (z = y)
+        return torch.cat([0.5 * y * q, 0.5 * y * q], 1)
+    if op == "matmul":  # z_ikj = A_ik B_kj, each operand half
+        a, b = x[:, :6].reshape(-1, 2, 3), x[:, 6:].reshape(-1, 3, 2)
+        z = a[..., None] * b[:, None]
+        return torch.cat([0.5 * (z * q[:, :, None]).sum(3).flatten(1),
+                          0.5 * (z * q[:, :, None]).sum(1).flatten(1)], 1)
+    if op == "softmax":  # the gradient: R_x = x ⊙ (R_y − y ΣR_y) (AttnLRP)
+        return x * (r_y - y * r_y.sum(-1, keepdim=True))
+    if op in ("gelu", "dropout"):  # R_x = R_y
+        return r_y
+    if op == "max_pool":  # winner takes all
+        _, idx = F.max_pool2d(x, 2, return_indices=True)
+        r = torch.zeros_like(x).flatten(2).scatter_(2, idx.flatten(2), r_y.flatten(2))
+        return r.reshape(x.shape)
+    raise ValueError(op)
+
+
+_Z_OPS = ["add", "sub", "layer_norm", "rms_norm", "group_norm", "batch_norm", "normalize",
+          "avg_pool", "mean", "sum", "scale", "mul", "matmul", "softmax", "gelu", "dropout",
+          "max_pool"]
+
+
+def _through_head(op: str, seed: int):
+    """(model = op → flatten → dense head, x, the op, its output, target)."""
+    torch.manual_seed(seed)
+    body, shape = _body(op)
+    body = body.to(D).eval()
+    x = torch.randn(*shape, dtype=D)
+    y = body(x).detach()
+    head = nn.Linear(y[0].numel(), 4).to(D)
+    model = nn.Sequential(body, nn.Flatten(), head).eval()
+    return model, x, body, y, head, int(torch.randint(4, ()))
+
+
+@pytest.mark.parametrize("op", _Z_OPS)
+@settings(max_examples=4, deadline=None)
+@given(rule=st.sampled_from(["lrp0", "epsilon"]), seed=st.integers(0, 2**16))
+def test_z_rule_oracle_on_every_op_kind(op, rule, seed):
+    """LRP-0 / LRP-ε on sums, normalisations (statistics constant), pooling, products (the
+    uniform rule of AttnLRP), softmax, activations, dropout and max pooling: ``R_y`` from the
+    ε-rule at a dense head, ``R_x`` from each formula."""
+    model, x, body, y, head, target = _through_head(op, seed)
+    eps = 0.3 if rule == "epsilon" else 0.0
+    r_y = _head_relevance(head, y.flatten(1), target, "epsilon", eps, 1.0, 0.0).reshape(y.shape)
+    expected = _z_rule_oracle(op, body, x, y, r_y, eps)
+    got = _raw(model, x, rule, target=target, **({"epsilon": eps} if eps else {}))
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:the relevance map of examples")  # α1β0: a negative logit
+@pytest.mark.parametrize("op", ["avg_pool", "mean", "sum", "batch_norm", "rms_norm",
+                                "group_norm", "normalize"])
+@settings(max_examples=6, deadline=None)
+@given(rule=st.sampled_from(["alphabeta", "alpha2beta1", "zplus"]), seed=st.integers(0, 2**16))
+def test_alphabeta_oracle_on_pooling_and_normalisations(op, rule, seed):
+    """LRP-αβ / z⁺ on pooling (``z_ij = L_ji x_i``, no bias) and on normalisations as
+    ``y = a x + c`` (``c`` the bias-like rest, left out by z⁺)."""
+    model, x, body, y, head, target = _through_head(op, seed)
+    alpha, beta = (2.0, 1.0) if rule == "alpha2beta1" else (1.0, 0.0)
+    name = "zplus" if rule == "zplus" else "alphabeta"
+    r_y = _head_relevance(head, y.flatten(1), target, name, 0.0, alpha, beta).reshape(y.shape)
+    if op in ("avg_pool", "mean", "sum"):
+        z = x.flatten(1)[:, None, :] * _linear_map(body, x)[None]
+        zeros = torch.zeros(z.shape[1], dtype=D)
+        expected = _oracle(name, z, zeros, None, None, r_y.flatten(1), alpha=alpha,
+                           beta=beta).reshape(x.shape)
+    else:
+        c = _diag_factor(op, body, x) * x
+        rest = y - c if rule != "zplus" else torch.zeros_like(y)
+        expected = _elementwise_ab_oracle(c[None], rest, r_y, alpha, beta)[0]
+    options = {"alpha": 2.0, "beta": 1.0} if rule == "alpha2beta1" else {}
+    got = _raw(model, x, name, target=target, **options)
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("rule", ["lrp0", "epsilon"])
+def test_symmetric_residual_split_halves(rule):
+    """``residual="symmetric"``: ``y = a + b`` gives each operand ``R_y / 2`` (conservation
+    alone holds for any split)."""
+    model, x, _, y, head, target = _through_head("add", 0)
+    eps = 0.25 if rule == "epsilon" else 0.0
+    r_y = _head_relevance(head, y, target, "epsilon", eps, 1.0, 0.0)
+    got = _raw(model, x, rule, target=target, residual="symmetric")
+    torch.testing.assert_close(got, torch.cat([r_y / 2, r_y / 2], 1), rtol=1e-8, atol=1e-10)
