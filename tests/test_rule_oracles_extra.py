@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from test_rule_oracles import (
     DT,
     FRONTENDS,
+    Lambda,
     _assert_close,
     _explain,
     _inputs,
@@ -275,19 +276,6 @@ def test_group_norm(groups, per_group, spatial, affine, eps, functional, relu, b
 # ----------------------------------------------------------------- activations on signed inputs
 
 
-class _Activation(nn.Module):
-    """A parameter-free activation the oracle applies as ``f(x)`` and ``f(|x|)``."""
-
-    oracle_compute = True
-
-    def __init__(self, fn) -> None:  # noqa: ANN001
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-
 OTHER_ACTIVATIONS = {
     "leaky_relu": lambda t: F.leaky_relu(t, 0.2), "elu": F.elu, "softplus": F.softplus,
     "mish": F.mish, "relu6": F.relu6, "hardtanh": lambda t: F.hardtanh(t, -1.0, 1.5),
@@ -303,7 +291,7 @@ constant (normalised away)."""
 def test_activation_on_signed_input(act, k, frontend, seed):
     """linear → f → linear head against the oracle (``ha = f(|x|)``)."""
     g = torch.Generator().manual_seed(seed)
-    model = _randomize(nn.Sequential(nn.Linear(4, k), _Activation(OTHER_ACTIVATIONS[act]),
+    model = _randomize(nn.Sequential(nn.Linear(4, k), Lambda(OTHER_ACTIVATIONS[act]),
                                      nn.Linear(k, 3)), g, scale=1.5)
     x, target = _inputs(g, (3, 4), 3)
     expected = oracle.sequential_relevance(model, 2 * x, target)
