@@ -263,6 +263,7 @@ def _chain_forward(ctx, chain, inputs: tuple[Tensor, ...], grad: bool,  # noqa: 
             _prepare(ctx, head, inputs, out, scale=factor.materialize(), extras=extras)
     return y
 
+
 class RunningFactor:
     """The factor ``F`` with ``s_head = F ⊙ G_chain_out`` of a fused chain, built op by op in the
     forward: ``F = ratio(y₀) ⊙ Π diag_k`` (``ratio(y) = y / (|y| + EPS)``, each element-wise

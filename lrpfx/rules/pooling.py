@@ -81,6 +81,8 @@ ABSLRP.register(RuleSpec(
     # option max_pool_divide: the reference's ResNet rules do divide (see get_ruleset)
     configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
 ))
+
+
 def _nonneg_linear_prepare(call: RuleCall, inputs: dict[str, Tensor], out: Tensor
                            ) -> dict[str, Tensor]:
     # 1 + sign x, once per forward (none for x >= 0 known from the graph)
@@ -100,15 +102,18 @@ def _op_vjp(call: RuleCall, x: Tensor, s: Tensor) -> Tensor:
 
 def _nonneg_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
                        ) -> dict[str, Tensor]:
-    # ops linear in x with weights >= 0 (average pooling, mean, sum): f(|x|) = T|x|, so
-    # VJP_x(h + ha; s) = Tᵀs + sign(x) Tᵀs = (1 + sign x) ⊙ Tᵀs, and 2 Tᵀs for x >= 0 (the 2
-    # dropped): one VJP of the op, not one of h + ha
-    t = _op_vjp(call, inputs["input"], s)
-    if "factor" not in inputs:
+    # ops linear in x with weights >= 0 (average pooling, mean, sum, positive_linear): f(|x|) =
+    # T|x|, so VJP_x(h + ha; s) = Tᵀs + sign(x) Tᵀs = (1 + sign x) ⊙ Tᵀs, and 2 Tᵀs for x >= 0
+    # (the 2 dropped): one VJP of the op, not one of h + ha
+    x = inputs["input"]
+    t = _op_vjp(call, x, s)
+    if "input" in call.nonneg:
         return {"input": t}
-    # pooling's backward kernels return a new tensor; sum's and mean's VJP is s expanded
+    # 1 + sign x from the forward where the rule prepares it, else per pass
+    factor = inputs["factor"] if "factor" in inputs else torch.sign(x).add_(1)
+    # pooling's backward kernels return a new tensor; other ops' VJPs may be views of s
     fresh = call.spec.op in ("avg_pool", "adaptive_avg_pool") and t.is_contiguous()
-    return {"input": t.mul_(inputs["factor"]) if fresh else t * inputs["factor"]}
+    return {"input": t.mul_(factor) if fresh else t * factor}
 
 
 for _op in ("avg_pool", "adaptive_avg_pool", "mean", "sum"):
@@ -116,17 +121,9 @@ for _op in ("avg_pool", "adaptive_avg_pool", "mean", "sum"):
                              prepare=_nonneg_linear_prepare))
 
 
-def _positive_linear_vjp(call: RuleCall, inputs: dict[str, Tensor], s: Tensor, out: Tensor
-                         ) -> dict[str, Tensor]:
-    # (1 + sign x) ⊙ Tᵀs; for x ≥ 0 known from the graph 2 Tᵀs, the 2 dropped
-    x = inputs["input"]
-    t = _op_vjp(call, x, s)
-    if "input" in call.nonneg:
-        return {"input": t}
-    return {"input": t.mul_(torch.sign(x).add_(1))}
-
-
-ABSLRP.register(RuleSpec("positive_linear", AbsLRPFunction, _positive_linear_vjp))
+# ops found linear with weights >= 0 by lrpfx.passes.decompose: the same rule, with 1 + sign x
+# computed per pass (no tensor kept; the pooling ops above keep it for speed)
+ABSLRP.register(RuleSpec("positive_linear", AbsLRPFunction, _nonneg_linear_vjp))
 ABSLRP.register(RuleSpec(
     "selection", AbsLRPFunction, abs_branch_vjp, divide=False,
     configure=lambda spec, options: replace(spec, divide=bool(options["max_pool_divide"])),
