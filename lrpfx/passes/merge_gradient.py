@@ -37,7 +37,7 @@ from torch import Tensor, fx, nn
 
 from lrpfx.core import ops
 from lrpfx.rules.abslrp import AbsLRPFunction
-from lrpfx.rules.base import RuleCall, normalised_gradient
+from lrpfx.rules.base import RuleCall, normalised_gradient, reduce_to
 
 
 class _Collect(torch.autograd.Function):
@@ -101,14 +101,10 @@ class _Reused(torch.autograd.Function):
         assert closed is not None
         grads = closed.vjp(call, dict(zip(_reads(call), ctx.saved_tensors)), grad)
         wanted = ctx.needs_input_grad[2:2 + len(call.relevant)]
-        grads = {k: _sum_to(v, shape) for (k, v), shape in
+        grads = {k: reduce_to(v, shape) for (k, v), shape in
                  zip(((k, grads[k]) for k in call.relevant), ctx.shapes)}
         return (None, None, *[grads[k] if w else None for k, w in zip(call.relevant, wanted)],
                 *[None] * (ctx.carried - len(call.relevant) + len(ctx.saved_tensors)))
-
-
-def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
-    return t if t.shape == shape else t.sum_to_size(shape)
 
 
 def _reads(call: RuleCall) -> tuple[str, ...]:

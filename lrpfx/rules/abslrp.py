@@ -35,6 +35,7 @@ from lrpfx.rules.base import (
     normalised_gradient,
     per_example_dot,
     positive_or_one,
+    reduce_to,
 )
 from lrpfx.rules.registry import RULESETS
 
@@ -80,7 +81,7 @@ def _backward(ctx, saved: tuple[Tensor, ...], grad: Tensor) -> tuple:  # noqa: A
         names = [k for k in call.relevant if k in call.normalize]
         kept = dict(zip(names, saved[n:]))
         weighted = dict(zip(names, ctx.weighted))
-        vjps = {k: _sum_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
+        vjps = {k: reduce_to(grad * f, ctx.shapes[k]) for k, f in factors.items()}
     else:
         n = len(ctx.prepared_names)
         named = dict(zip(ctx.prepared_names, saved[:n]))
@@ -308,10 +309,6 @@ class RunningFactor:
         inputs = {"input": x, **dict(zip(call.runtime, runtime))}
         self.multiply(call.spec.diag(call, inputs, y)["input"])
         self.aligned = False
-
-
-def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
-    return t if t.shape == shape else t.sum_to_size(shape)
 
 
 def stabilised_ratio(out: Tensor, nonneg: bool = False) -> Tensor:

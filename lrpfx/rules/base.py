@@ -89,9 +89,10 @@ def unit_max(t: Tensor) -> Tensor:
     return t / (m + EPS)
 
 
-def reduce_to(t: Tensor, like: Tensor) -> Tensor:
-    """Undo broadcasting: sum ``t`` down to ``like``'s shape."""
-    return t if t.shape == like.shape else t.sum_to_size(like.shape)
+def reduce_to(t: Tensor, like: Tensor | torch.Size) -> Tensor:
+    """Undo broadcasting: sum ``t`` down to ``like``'s shape (or to the shape ``like``)."""
+    shape = like if isinstance(like, torch.Size) else like.shape
+    return t if t.shape == shape else t.sum_to_size(shape)
 
 
 @dataclass(frozen=True)
